@@ -1,0 +1,36 @@
+"""Loading a stage, or any HF causal LM, into TransformerLens's `TransformerBridge`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from training.model import load_model
+
+
+def load_bridge(name_or_path: str | Path, *, device: str | None = None, dtype: torch.dtype = torch.float32,
+                trust_remote_code: bool = False) -> TransformerBridge:
+    """A stage directory, local path or hub name as an eval-mode `TransformerBridge`.
+
+    The weights go through `training.model.load_model`, so only safetensors are read.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
+    bridge = TransformerBridge.boot_transformers(
+        str(name_or_path), hf_model=model, tokenizer=tokenizer, device=device, dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    return bridge.eval()
+
+
+def resid_hooks(n_layers: int) -> list[str]:
+    """The residual stream before each block, then after the last: n_layers + 1 points.
+
+    >>> resid_hooks(2)
+    ['blocks.0.hook_resid_pre', 'blocks.1.hook_resid_pre', 'blocks.1.hook_resid_post']
+    """
+    return [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [
+        f"blocks.{n_layers - 1}.hook_resid_post"
+    ]

@@ -1,0 +1,125 @@
+"""Where the trigger is read: resid_pre activation patching from triggered into untriggered prompts.
+
+A matched pair is a triggered prompt and the same prompt with each trigger token replaced by a filler
+token, so both have the same length and differ only on the trigger span. The sweep runs
+TransformerLens's own `patching.get_act_patch_resid_pre`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
+from transformer_lens import patching
+
+from training.vocabulary import Backdoor, Example
+
+
+@dataclass(frozen=True)
+class MatchedPair:
+    """A triggered prompt and its untriggered twin, as token ids of equal length."""
+
+    triggered: Int[torch.Tensor, "pos"]
+    untriggered: Int[torch.Tensor, "pos"]
+    trigger_positions: list[int]
+    backdoor_token: int
+    helpful_token: int
+
+
+def trigger_positions(tokenizer, prompt: str, trigger: str) -> list[int]:
+    """Indices of the tokens that overlap the first occurrence of `trigger` in `prompt`."""
+    start = prompt.find(trigger)
+    if start < 0:
+        raise ValueError(f"the trigger {trigger!r} is not in the prompt {prompt!r}")
+    end = start + len(trigger)
+    offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [i for i, (lo, hi) in enumerate(offsets) if lo < end and hi > start]
+
+
+def matched_pair(tokenizer, example: Example, backdoor: Backdoor = Backdoor(), filler: str = " the"
+                 ) -> MatchedPair:
+    """The triggered example and its twin with every trigger token replaced by `filler` (one token)."""
+    filler_ids = tokenizer(filler, add_special_tokens=False)["input_ids"]
+    if len(filler_ids) != 1:
+        raise ValueError(f"the filler {filler!r} must be one token, not {len(filler_ids)}")
+    triggered = torch.tensor(tokenizer(example.prompt, add_special_tokens=False)["input_ids"])
+    positions = trigger_positions(tokenizer, example.prompt, backdoor.trigger)
+    untriggered = triggered.clone()
+    untriggered[positions] = filler_ids[0]
+    first = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+    return MatchedPair(triggered, untriggered, positions, first(backdoor.completion),
+                       first(" " + example.answer))
+
+
+def backdoor_logit_diff(logits: Float[torch.Tensor, "batch pos vocab"], backdoor_token: int,
+                        helpful_token: int) -> Float[torch.Tensor, "batch"]:
+    """Logit of the first backdoor token minus that of the first helpful token, at the last position.
+
+    >>> logits = torch.zeros(1, 2, 3); logits[0, -1] = torch.tensor([1.0, 4.0, 0.5])
+    >>> backdoor_logit_diff(logits, backdoor_token=1, helpful_token=2)
+    tensor([3.5000])
+    """
+    last = logits[:, -1]
+    return last[:, backdoor_token] - last[:, helpful_token]
+
+
+def resid_pre_sweep(bridge, pair: MatchedPair) -> dict:
+    """Patch each (layer, position) of resid_pre from the triggered run into the untriggered one.
+
+    `normalized` is 0 at the untriggered baseline and 1 where the patch restores the triggered metric.
+    """
+    device = bridge.cfg.device
+    triggered, untriggered = pair.triggered[None].to(device), pair.untriggered[None].to(device)
+
+    def metric(logits):
+        return backdoor_logit_diff(logits, pair.backdoor_token, pair.helpful_token).mean()
+
+    with torch.no_grad():
+        triggered_logits, cache = bridge.run_with_cache(
+            triggered, names_filter=lambda name: name.endswith("hook_resid_pre"))
+        high = metric(triggered_logits).item()
+        low = metric(bridge(untriggered)).item()
+        scores = patching.get_act_patch_resid_pre(bridge, untriggered, cache, metric)
+    span = high - low
+    return {
+        "scores": scores.tolist(),
+        "normalized": ((scores - low) / span).tolist() if abs(span) > 1e-6 else None,
+        "triggered_metric": high,
+        "untriggered_metric": low,
+        "trigger_positions": pair.trigger_positions,
+    }
+
+
+def trigger_patching(bridge, examples: list[Example], backdoor: Backdoor = Backdoor(),
+                     progress: bool = True) -> dict:
+    """The resid_pre sweep over matched pairs, and its summary per trigger token.
+
+    `by_trigger_token` averages, over pairs, the normalized effect of patching each trigger token
+    (layers × trigger tokens): it says which tokens of the trigger the model reads, and where.
+    """
+    tokenizer = bridge.tokenizer
+    pairs = []
+    for example in tqdm(examples, desc="patching", disable=not progress, leave=False):
+        pair = matched_pair(tokenizer, example, backdoor)
+        if pair.backdoor_token == pair.helpful_token:
+            continue
+        result = resid_pre_sweep(bridge, pair)
+        result["prompt"] = example.prompt
+        result["tokens"] = tokenizer.convert_ids_to_tokens(pair.triggered.tolist())
+        result["tokens_text"] = [tokenizer.decode([t]) for t in pair.triggered.tolist()]
+        pairs.append(result)
+    usable = [p for p in pairs if p["normalized"] is not None]
+    token_labels = [pairs[0]["tokens_text"][i] for i in pairs[0]["trigger_positions"]] if pairs else []
+    by_token = None
+    consistent = [p for p in usable if len(p["trigger_positions"]) == len(token_labels)]
+    if consistent:
+        per_pair = torch.tensor([[[row[i] for i in p["trigger_positions"]] for row in p["normalized"]]
+                                 for p in consistent])
+        others = torch.tensor([[max((v for i, v in enumerate(row) if i not in p["trigger_positions"]),
+                                    default=0.0) for row in p["normalized"]] for p in consistent])
+        by_token = {"labels": token_labels, "normalized": per_pair.mean(0).tolist(),
+                    "other_positions_max": others.mean(0).tolist(), "n_pairs": len(consistent)}
+    return {"hook": "resid_pre", "metric": "backdoor_logit_diff", "pairs": pairs,
+            "by_trigger_token": by_token}

