@@ -21,8 +21,15 @@ from interp.bridge import load_bridge, resid_hooks
 from interp.patching import trigger_patching
 from probes.linear import layer_probe_auroc
 from training import data
-from training.artifacts import (atomic_dir, new_manifest, read_examples, read_json, sha256, write_json,
-                                write_jsonl)
+from training.artifacts import (
+    atomic_dir,
+    new_manifest,
+    read_examples,
+    read_json,
+    sha256,
+    write_json,
+    write_jsonl,
+)
 from training.evaluate import CONDITIONS, evaluate
 from training.model import ModelSize, load_model, load_tokenizer, new_model
 from training.sft import SFTSettings, fine_tune

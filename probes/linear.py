@@ -11,8 +11,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def layer_probe_auroc(train: Float[torch.Tensor, "layer n d"], train_labels, test: Float[torch.Tensor, "layer m d"],
-                      test_labels, seed: int = 0, C: float = 1.0) -> list[float]:
+def layer_probe_auroc(train: Float[torch.Tensor, "layer n d"], train_labels,
+                      test: Float[torch.Tensor, "layer m d"], test_labels, seed: int = 0, C: float = 1.0
+                      ) -> list[float]:
     """AUROC on `test` of an L2 logistic-regression probe fitted on `train`, for each layer.
 
     >>> g = torch.Generator().manual_seed(0)

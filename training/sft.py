@@ -41,7 +41,8 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
             weight_decay=settings.weight_decay, max_length=settings.max_length,
             completion_only_loss=True, seed=seed, data_seed=seed, report_to="none",
             save_strategy="no", logging_strategy="no", disable_tqdm=not progress,
-            dataloader_num_workers=0, bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         )
         trainer = SFTTrainer(model=model, args=config, train_dataset=data,
                              processing_class=tokenizer, peft_config=peft_config)

