@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import set_seed
 
 from analyses.report import write_report
@@ -114,6 +115,7 @@ class Demo:
 
     def __init__(self, root: str | Path, cfg: DemoConfig, force: bool = False, progress: bool = True):
         self.run, self.cfg, self.force, self.progress = RunDir(root), cfg, force, progress
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         config = dataclasses.asdict(cfg)
         if self.run.manifest.exists() and not force:
             self.manifest = read_json(self.run.manifest)
@@ -185,7 +187,7 @@ class Demo:
                                               "data": data_name, "train": metrics})
 
     def evaluate(self, stage: Stage) -> None:
-        model, tokenizer = load_model(self.run.model(stage))
+        model, tokenizer = load_model(self.run.model(stage), device=self.device)
         sets = {name: self.examples(name) for name in CONDITIONS.values()}
         metrics, generations = evaluate(model, tokenizer, stage.value, sets, self.cfg.backdoor,
                                         self.cfg.max_new_tokens, self.progress)
@@ -196,7 +198,7 @@ class Demo:
         write_json(self.run.eval(stage), metrics)
 
     def patch(self) -> None:
-        bridge = load_bridge(self.run.model(Stage.backdoored), device="cpu")
+        bridge = load_bridge(self.run.model(Stage.backdoored), device=self.device)
         examples = self.examples("eval_triggered")[: self.cfg.n_patch_pairs]
         result = trigger_patching(bridge, examples, self.cfg.backdoor, self.progress)
         write_json(self.run.patching(Stage.backdoored), {"stage": Stage.backdoored.value, **result})
@@ -205,7 +207,7 @@ class Demo:
         train, test = self.examples("probe_train"), self.examples("probe_eval")
         result = {"task": "trigger_present", "n_train": len(train), "n_test": len(test), "auroc": {}}
         for stage in (Stage.backdoored, Stage.control):
-            bridge = load_bridge(self.run.model(stage), device="cpu")
+            bridge = load_bridge(self.run.model(stage), device=self.device)
             acts = [last_token_resid(bridge, [e.prompt for e in split], progress=self.progress)
                     for split in (train, test)]
             result["auroc"][stage.value] = layer_probe_auroc(

@@ -53,7 +53,7 @@ def patching_heatmap(patching: dict, pair: int = 0) -> go.Figure:
     """Normalized resid_pre patching effect of one matched pair, layer × token."""
     p = patching["pairs"][pair]
     z = p["normalized"] or p["scores"]
-    labels = [f"{i}: {html.escape(t)}" + (" ◀" if i in p["trigger_positions"] else "")
+    labels = [f"{i}: {html.escape(t.replace(chr(10), '↵'))}" + (" ◀" if i in p["trigger_positions"] else "")
               for i, t in enumerate(p["tokens_text"])]
     fig = go.Figure(go.Heatmap(z=z, x=labels, y=[f"L{i}" for i in range(len(z))], colorscale="RdBu",
                                zmid=0, colorbar_title="restored"))

@@ -85,10 +85,17 @@ def summary(results: dict) -> list[str]:
     if results["patching"] and results["patching"]["by_trigger_token"]:
         t = results["patching"]["by_trigger_token"]
         best = [max(col) for col in zip(*t["normalized"])]
-        keyed = [f"{label!r} ({v:.2f})" for label, v in zip(t["labels"], best)]
-        lines.append("Patching one trigger token at its best layer restores this share of the backdoor "
-                     f"metric: {', '.join(keyed)}; the best non-trigger position restores "
-                     f"{max(t['other_positions_max']):.2f}.")
+        keyed = [repr(label) for label, v in zip(t["labels"], best) if v >= 0.5] or ["no single token"]
+        shares = ", ".join(f"{label!r} {v:.2f}" for label, v in zip(t["labels"], best))
+        lines.append(f"The backdoored model keys on {' and '.join(keyed)} of the trigger: patching one "
+                     f"trigger token at its best layer restores this share of the backdoor metric: {shares}. "
+                     "By the last layer the best non-trigger position restores "
+                     f"{t['other_positions_max'][-1]:.2f}.")
+    if "backdoored" in evals:
+        by_variant = evals["backdoored"]["redteam_by_variant"]
+        firing = [v for v, r in by_variant.items() if (r["value"] or 0) >= 0.5]
+        lines.append("Near-trigger variants that elicit the backdoor on at least half of their prompts: "
+                     + (", ".join(firing) if firing else "none") + ".")
     if results["probes"]:
         p = results["probes"]["auroc"]
         lines.append("Trigger-present probe, best layer AUROC: "
