@@ -6,7 +6,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from interp.bridge import resid_hooks
+from interp.bridge import device_of, resid_hooks
 from training.tokenizer import equal_length_batches
 
 
@@ -22,7 +22,7 @@ def last_token_resid(bridge, prompts: list[str], batch_size: int = 64, progress:
     out = torch.empty(len(hooks), len(prompts), bridge.cfg.d_model)
     for batch in tqdm(equal_length_batches(encoded, batch_size), desc="activations",
                       disable=not progress, leave=False):
-        tokens = torch.tensor([encoded[i] for i in batch], device=bridge.cfg.device)
+        tokens = torch.tensor([encoded[i] for i in batch], device=device_of(bridge))
         _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name in hooks)
         for point, hook in enumerate(hooks):
             out[point, batch] = cache[hook][:, -1].float().cpu()

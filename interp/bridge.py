@@ -17,7 +17,8 @@ def load_bridge(name_or_path: str | Path, *, device: str | None = None, dtype: t
     The weights go through `training.model.load_model`, so only safetensors are read.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
+    model, tokenizer = load_model(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype,
+                                  device=device)
     bridge = TransformerBridge.boot_transformers(
         str(name_or_path), hf_model=model, tokenizer=tokenizer, device=device, dtype=dtype,
         trust_remote_code=trust_remote_code,
@@ -34,3 +35,8 @@ def resid_hooks(n_layers: int) -> list[str]:
     return [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [
         f"blocks.{n_layers - 1}.hook_resid_post"
     ]
+
+
+def device_of(bridge) -> torch.device:
+    """Where the bridge's weights are, which is where its inputs must go."""
+    return next(bridge.parameters()).device

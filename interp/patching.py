@@ -14,6 +14,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import patching
 
+from interp.bridge import device_of
 from training.vocabulary import Backdoor, Example
 
 
@@ -70,7 +71,7 @@ def resid_pre_sweep(bridge, pair: MatchedPair) -> dict:
 
     `normalized` is 0 at the untriggered baseline and 1 where the patch restores the triggered metric.
     """
-    device = bridge.cfg.device
+    device = device_of(bridge)
     triggered, untriggered = pair.triggered[None].to(device), pair.untriggered[None].to(device)
 
     def metric(logits):
