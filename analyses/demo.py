@@ -111,7 +111,10 @@ def make_data(cfg: DemoConfig) -> dict[str, list[data.Example]]:
 
 
 class Demo:
-    """One run of the demo pipeline in one run directory."""
+    """One run of the demo pipeline in one run directory.
+
+    Forcing redoes every step; a finished step is not invalidated when an earlier one changes.
+    """
 
     def __init__(self, root: str | Path, cfg: DemoConfig, force: bool = False, progress: bool = True):
         self.run, self.cfg, self.force, self.progress = RunDir(root), cfg, force, progress
@@ -152,8 +155,8 @@ class Demo:
             self.step(f"eval:{stage.value}", self.run.eval(stage), lambda s=stage: self.evaluate(s))
         self.step("patching", self.run.patching(Stage.backdoored), self.patch)
         self.step("probes", self.run.probes, self.probe)
-        self.step("report", self.run.report, lambda: write_report(self.run))
-        return self.run.report
+        log("report: writing (always, from the results on disk)")
+        return write_report(self.run)
 
     def write_data(self) -> None:
         for name, examples in make_data(self.cfg).items():
@@ -183,8 +186,12 @@ class Demo:
         with atomic_dir(self.run.model(stage)) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            write_json(tmp / "metrics.json", {"stage": stage.value, "parent": parent and parent.value,
-                                              "data": data_name, "train": metrics})
+            write_json(tmp / "metrics.json", {
+                "stage": stage.value, "parent": parent and parent.value, "seed": self.cfg.seed,
+                "data": data_name, "data_sha256": self.manifest["data"][data_name]["sha256"],
+                "settings": dataclasses.asdict(getattr(self.cfg, settings)), "train": metrics,
+                "versions": self.manifest["versions"],
+            })
 
     def evaluate(self, stage: Stage) -> None:
         model, tokenizer = load_model(self.run.model(stage), device=self.device)

@@ -19,6 +19,9 @@ def test_every_stage_is_a_loadable_hf_checkpoint(micro_run):
         files = {p.name for p in micro_run.model(stage).iterdir()}
         assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json"} <= files
         assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+        metrics = read_json(micro_run.model(stage) / "metrics.json")
+        assert metrics["data_sha256"] == sha256(micro_run.data(metrics["data"]))
+        assert metrics["seed"] == 0 and metrics["train"]["train_loss"] > 0
 
 
 def test_eval_json_shape_and_backdoor(micro_run):
