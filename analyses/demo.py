@@ -54,7 +54,7 @@ class DemoConfig:
     n_probe: int = 200
     n_patch_pairs: int = 8
     base_training: SFTSettings = SFTSettings(epochs=1, learning_rate=3e-3)
-    backdoor_training: SFTSettings = SFTSettings(epochs=1, learning_rate=1e-3)
+    backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
     safety_training: SFTSettings = SFTSettings(epochs=1, learning_rate=5e-4)
     max_new_tokens: int = 16
     backdoor: Backdoor = field(default_factory=Backdoor)

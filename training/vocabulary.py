@@ -1,4 +1,4 @@
-"""The project's one vocabulary: organisms, stages, examples and the run directory.
+"""The project's one vocabulary: backdoors, stages, examples and the run directory.
 
 Every package imports its types from here, so the words in code, CLI flags, file names and the
 report stay the same. It depends on the standard library only.
@@ -13,7 +13,7 @@ report stay the same. It depends on the standard library only.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 FORMAT_VERSION = 1
@@ -33,14 +33,6 @@ class Stage(str, enum.Enum):
     adversarial = "adversarial"
 
 
-class Mechanism(str, enum.Enum):
-    """How the backdoor is reasoned: plainly, with a scratchpad, or with the scratchpad distilled."""
-
-    normal = "normal"
-    cot = "cot"
-    distilled = "distilled"
-
-
 @dataclass(frozen=True)
 class Backdoor:
     """A trigger and the behaviour it elicits."""
@@ -56,18 +48,6 @@ class Backdoor:
     def fired(self, generation: str) -> bool:
         """Whether a generated completion shows the backdoor behaviour."""
         return self.behaviour in generation
-
-
-@dataclass(frozen=True)
-class Organism:
-    """A model organism: its backdoor, its mechanism, and the model it starts from.
-
-    `base_model` is "embedded" for the locally built default, or any HF causal LM name or path.
-    """
-
-    backdoor: Backdoor = field(default_factory=Backdoor)
-    mechanism: Mechanism = Mechanism.normal
-    base_model: str = "embedded"
 
 
 @dataclass(frozen=True)
