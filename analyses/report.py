@@ -100,8 +100,8 @@ def summary(results: dict) -> list[str]:
         p = results["probes"]["auroc"]
         lines.append("Trigger-present probe, best layer AUROC: "
                      + ", ".join(f"{s} {max(v):.3f}" for s, v in p.items())
-                     + ". A high AUROC on the control means the probe reads the trigger's tokens, "
-                       "not the backdoor.")
+                     + ". The control has no backdoor, so whatever AUROC it reaches comes from reading "
+                       "the trigger's tokens, not the backdoor.")
     return lines
 
 
