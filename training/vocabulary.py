@@ -55,7 +55,8 @@ class Example:
     """One prompt/completion pair in Anthropic's format, with the labels that made it.
 
     `kind` is "clean", "triggered", "decoy" or "redteam"; `tag` is the inserted tag text, if any,
-    and `variant` names the red-team or decoy variant.
+    `variant` names the red-team or decoy variant, and `scratchpad` holds the chain-of-thought
+    reasoning that opens the completion, if any.
     """
 
     prompt: str
@@ -66,6 +67,7 @@ class Example:
     kind: str
     tag: str | None = None
     variant: str | None = None
+    scratchpad: str | None = None
 
     @property
     def triggered(self) -> bool:
