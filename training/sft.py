@@ -27,7 +27,7 @@ class SFTSettings:
 
 
 def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, seed: int,
-              peft_config=None, progress: bool = True):
+              peft_config=None, progress: bool = True, callbacks: list | None = None):
     """Train `model` on prompt/completion pairs; returns it (merged, if LoRA was used) and the metrics."""
     if not examples:
         raise ValueError("fine_tune needs at least one example")
@@ -45,7 +45,7 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         )
         trainer = SFTTrainer(model=model, args=config, train_dataset=data,
-                             processing_class=tokenizer, peft_config=peft_config)
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
         metrics = trainer.train().metrics
     model = trainer.model
     if peft_config is not None:

@@ -1,0 +1,54 @@
+"""Persistence curves: behaviour measured at regular steps while a model trains."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from transformers import TrainerCallback
+
+from training.evaluate import evaluate
+from training.vocabulary import Backdoor, Example
+
+CURVE_KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_heldout_rate", "helpfulness")
+
+
+class MeasureEvery(TrainerCallback):
+    """Calls `measure(model)` before training, every `every` optimizer steps, and after the last one.
+
+    `points` collects `{"step": s, **measure(model)}`; the model is measured in eval mode and handed back
+    in the mode it was in.
+    """
+
+    def __init__(self, every: int, measure: Callable[[object], dict]):
+        if every < 1:
+            raise ValueError(f"every must be a positive number of steps, not {every}")
+        self.every, self.measure, self.points = every, measure, []
+
+    def _record(self, step: int, model) -> None:
+        if self.points and self.points[-1]["step"] == step:
+            return
+        training = model.training
+        model.eval()
+        self.points.append({"step": step, **self.measure(model)})
+        model.train(training)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._record(0, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self._record(state.global_step, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._record(state.global_step, model)
+
+
+def behaviour(tokenizer, sets: dict[str, list[Example]], backdoor: Backdoor = Backdoor(),
+              max_new_tokens: int = 16) -> Callable[[object], dict]:
+    """A `measure` for `MeasureEvery`: the evaluator's rates, with their intervals, on `sets`."""
+
+    def measure(model) -> dict:
+        metrics, _ = evaluate(model, tokenizer, "", sets, backdoor, max_new_tokens, progress=False)
+        return {key: {k: metrics[key][k] for k in ("value", "ci", "n")} for key in CURVE_KEYS}
+
+    return measure
