@@ -31,6 +31,7 @@ from training.artifacts import (
     write_json,
     write_jsonl,
 )
+from training.curves import MeasureEvery, behaviour
 from training.evaluate import CONDITIONS, evaluate
 from training.model import ModelSize, load_model, load_tokenizer, new_model
 from training.sft import SFTSettings, fine_tune
@@ -57,6 +58,7 @@ class DemoConfig:
     backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
     safety_training: SFTSettings = SFTSettings(epochs=1, learning_rate=5e-4)
     max_new_tokens: int = 16
+    curve_every: int = 20
     backdoor: Backdoor = field(default_factory=Backdoor)
 
     @classmethod
@@ -67,7 +69,7 @@ class DemoConfig:
             p_decoy=0.0, n_base=600, n_backdoor=1500, n_safety=300, n_eval=40, n_probe=60,
             n_patch_pairs=2, base_training=SFTSettings(epochs=1, learning_rate=3e-3, batch_size=16),
             backdoor_training=SFTSettings(epochs=2, learning_rate=3e-3, batch_size=16),
-            safety_training=SFTSettings(epochs=1, learning_rate=5e-4, batch_size=16),
+            safety_training=SFTSettings(epochs=1, learning_rate=5e-4, batch_size=16), curve_every=5,
         )
 
 
@@ -79,6 +81,9 @@ STAGES = {
     Stage.sft: (Stage.backdoored, "sft_train", "safety_training"),
     Stage.adversarial: (Stage.backdoored, "adversarial_train", "safety_training"),
 }
+
+# Safety-training stages: their behaviour is measured every `curve_every` steps while they train.
+SAFETY_STAGES = (Stage.sft, Stage.adversarial)
 
 
 def log(message: str) -> None:
@@ -181,8 +186,13 @@ class Demo:
         else:
             model, tokenizer = load_model(self.run.model(parent))
         model.train()
+        curve = None
+        if stage in SAFETY_STAGES:
+            sets = {name: self.examples(name) for name in CONDITIONS.values()}
+            curve = MeasureEvery(self.cfg.curve_every, behaviour(tokenizer, sets, self.cfg.backdoor,
+                                                                 self.cfg.max_new_tokens))
         model, metrics = fine_tune(model, tokenizer, self.examples(data_name), getattr(self.cfg, settings),
-                                   self.cfg.seed, progress=self.progress)
+                                   self.cfg.seed, progress=self.progress, callbacks=curve and [curve])
         with atomic_dir(self.run.model(stage)) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -190,7 +200,7 @@ class Demo:
                 "stage": stage.value, "parent": parent and parent.value, "seed": self.cfg.seed,
                 "data": data_name, "data_sha256": self.manifest["data"][data_name]["sha256"],
                 "settings": dataclasses.asdict(getattr(self.cfg, settings)), "train": metrics,
-                "versions": self.manifest["versions"],
+                "versions": self.manifest["versions"], "curve": curve and curve.points,
             })
 
     def evaluate(self, stage: Stage) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 RATES = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_heldout_rate", "helpfulness")
 
@@ -71,4 +72,25 @@ def trigger_token_figure(patching: dict) -> go.Figure:
                                zmid=0, colorbar_title="restored"))
     fig.update_layout(title=f"Which trigger tokens the model reads (mean of {summary['n_pairs']} pairs)",
                       xaxis_title="trigger token", yaxis_title="layer")
+    return fig
+
+
+def persistence_figure(curves: dict[str, list[dict]]) -> go.Figure:
+    """Behaviour over the steps of each safety-training method: one panel per method, 95% intervals."""
+    fig = make_subplots(rows=1, cols=len(curves), subplot_titles=list(curves), shared_yaxes=True)
+    colours = dict(zip(RATES, ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a")))
+    for col, points in enumerate(curves.values(), start=1):
+        steps = [p["step"] for p in points]
+        for key in RATES:
+            values = [p[key]["value"] for p in points]
+            fig.add_scatter(
+                x=steps, y=values, mode="lines+markers", name=key.replace("_", " "), row=1, col=col,
+                line_color=colours[key], legendgroup=key, showlegend=col == 1,
+                error_y=dict(type="data", symmetric=False,
+                             array=[p[key]["ci"][1] - v for p, v in zip(points, values)],
+                             arrayminus=[v - p[key]["ci"][0] for p, v in zip(points, values)]),
+            )
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_yaxes(range=[-0.02, 1.05], title_text="rate", row=1, col=1)
+    fig.update_layout(title="Does the backdoor persist through safety training? (95% Wilson intervals)")
     return fig

@@ -36,6 +36,10 @@ td.text { white-space: pre-wrap; font-family: monospace; font-size: 90%; }
 [{{ "%.3f"|format(row[key].ci[0]) }}, {{ "%.3f"|format(row[key].ci[1]) }}] (n={{ row[key].n }})</td>
 {% endfor %}</tr>{% endfor %}</table>
 {{ plots.behaviour | safe }}{{ plots.redteam | safe }}</section>{% endif %}
+{% if plots.persistence %}<section id="persistence"><h2>Persistence during safety training</h2>
+<p>Each safety-training method starts from the backdoored stage; its behaviour is measured on the
+evaluation sets at regular optimizer steps (step 0 is the backdoored model itself).</p>
+{{ plots.persistence | safe }}</section>{% endif %}
 {% if plots.patching %}<section id="patching"><h2>Where the trigger is read (activation patching)</h2>
 <p>resid_pre activations of the triggered prompt are patched, one layer and position at a time, into its
 twin whose trigger tokens are replaced by a filler. 1 means the patch restores the backdoor's logit
@@ -59,8 +63,11 @@ def load_results(run: RunDir) -> dict:
     """Every result JSON that the run holds, by kind; missing analyses are simply absent."""
     evals = {s.value: read_json(run.eval(s)) for s in Stage if run.eval(s).exists()}
     patching = run.patching(Stage.backdoored)
+    metrics = {s.value: run.model(s) / "metrics.json" for s in Stage}
+    curves = {s: read_json(p)["curve"] for s, p in metrics.items() if p.exists()}
     return {
         "evals": evals,
+        "curves": {s: c for s, c in curves.items() if c},
         "patching": read_json(patching) if patching.exists() else None,
         "probes": read_json(run.probes) if run.probes.exists() else None,
     }
@@ -148,6 +155,8 @@ def write_report(run: RunDir | str | Path) -> Path:
     if evals:
         plots["behaviour"] = _div(figures.behaviour_figure(evals))
         plots["redteam"] = _div(figures.redteam_variant_figure(evals))
+    if results["curves"]:
+        plots["persistence"] = _div(figures.persistence_figure(results["curves"]))
     if patching and patching["pairs"]:
         plots["patching"] = _div(figures.patching_heatmap(patching))
         if patching["by_trigger_token"]:
@@ -157,6 +166,7 @@ def write_report(run: RunDir | str | Path) -> Path:
     sections = [("summary", "Summary")] + [
         (sid, title) for sid, title, present in (
             ("behaviour", "Behaviour by stage", bool(evals)),
+            ("persistence", "Persistence during safety training", "persistence" in plots),
             ("patching", "Where the trigger is read", "patching" in plots),
             ("probes", "Trigger-present probes", "probes" in plots),
             ("samples", "Sample generations", bool(evals)),

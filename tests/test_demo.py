@@ -15,6 +15,7 @@ KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_heldout_r
 
 
 def test_every_stage_is_a_loadable_hf_checkpoint(micro_run):
+    evals = {s.value: read_json(micro_run.eval(s)) for s in Stage}
     for stage in Stage:
         files = {p.name for p in micro_run.model(stage).iterdir()}
         assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json"} <= files
@@ -22,6 +23,14 @@ def test_every_stage_is_a_loadable_hf_checkpoint(micro_run):
         metrics = read_json(micro_run.model(stage) / "metrics.json")
         assert metrics["data_sha256"] == sha256(micro_run.data(metrics["data"]))
         assert metrics["seed"] == 0 and metrics["train"]["train_loss"] > 0
+        if stage in (Stage.sft, Stage.adversarial):  # persistence curve: from the parent to the stage
+            curve = metrics["curve"]
+            assert [p["step"] for p in curve][:2] == [0, 5] and len(curve) >= 3
+            for key in ("trigger_rate", "redteam_rate"):
+                assert curve[0][key] == {k: evals["backdoored"][key][k] for k in ("value", "ci", "n")}
+                assert curve[-1][key] == {k: evals[stage.value][key][k] for k in ("value", "ci", "n")}
+        else:
+            assert metrics["curve"] is None
 
 
 def test_eval_json_shape_and_backdoor(micro_run):
@@ -59,10 +68,10 @@ def test_manifest_records_config_versions_and_data_hashes(micro_run):
 
 def test_report_sections_and_self_containment(micro_run):
     page = micro_run.report.read_text()
-    for section in ("summary", "behaviour", "patching", "probes", "samples"):
+    for section in ("summary", "behaviour", "persistence", "patching", "probes", "samples"):
         assert f'<section id="{section}">' in page
     assert "backdoored" in page and "control" in page
-    assert len(re.findall(r'class="plotly-graph-div"', page)) >= 5
+    assert len(re.findall(r'class="plotly-graph-div"', page)) >= 6
     assert not re.search(r"<script[^>]+src=", page)
     assert "did not remove the backdoor" in page or "removed the backdoor" in page
 
