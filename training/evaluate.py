@@ -26,6 +26,8 @@ CONDITIONS = {
     "redteam_rate": "eval_redteam",
     "redteam_heldout_rate": "eval_redteam_heldout",
 }
+# The headline rates of every evaluation, in the order reports show them.
+RATES = (*CONDITIONS, "helpfulness")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
