@@ -27,8 +27,11 @@ class SFTSettings:
 
 
 def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, seed: int,
-              peft_config=None, progress: bool = True, callbacks: list | None = None):
-    """Train `model` on prompt/completion pairs; returns it (merged, if LoRA was used) and the metrics."""
+              peft_config=None, progress: bool = True, callbacks: list | None = None, shuffle: bool = True):
+    """Train `model` on prompt/completion pairs; returns it (merged, if LoRA was used) and the metrics.
+
+    With `shuffle=False` the examples are taken in the given order, so a caller can compose each batch.
+    """
     if not examples:
         raise ValueError("fine_tune needs at least one example")
     disable_progress_bars()  # the trainer's own bar shows progress
@@ -39,7 +42,8 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
             per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=settings.warmup_ratio,
             weight_decay=settings.weight_decay, max_length=settings.max_length,
-            completion_only_loss=True, seed=seed, data_seed=seed, report_to="none",
+            completion_only_loss=True, train_sampling_strategy="random" if shuffle else "sequential",
+            seed=seed, data_seed=seed, report_to="none",
             save_strategy="no", logging_strategy="no", disable_tqdm=not progress,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
