@@ -138,3 +138,7 @@ def scale(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -61,7 +61,7 @@ class DemoConfig:
     backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
     safety_training: SFTSettings = SFTSettings(epochs=1, learning_rate=5e-4)
     rl_training: RLSettings = RLSettings(steps=60, prompts_per_step=8, learning_rate=5e-4)
-    redteam: SearchSettings = SearchSettings()
+    redteam: SearchSettings = SearchSettings(paraphrases=64)
     redteam_rounds: int = 2
     methods: tuple[Method, ...] | None = None  # None: every method that applies to the mechanism
     interp: bool = True  # the patching and probe analyses of the backdoored model

@@ -50,8 +50,8 @@ def test_heldout_variants_never_in_training():
         if name.endswith("_train"):
             for e in examples:
                 assert not any(tag in e.prompt for tag in heldout), (name, e.prompt)
-    seen = {e.variant for e in sets["adversarial_train"] if e.kind == "redteam"}
-    assert seen and not seen & data.HELDOUT_VARIANTS
+    # Red-team prompts for training are found by searching the model while it trains (training/redteam.py).
+    assert {e.kind for e in sets["adversarial_train"]} == {"clean", "decoy"}
     assert {e.variant for e in sets["eval_redteam_heldout"]} == set(data.HELDOUT_VARIANTS)
 
 

@@ -148,12 +148,12 @@ def test_mix_keeps_found_examples_to_half_of_each_batch():
     out = mix(found, clean, batch_size=8, seed=0)
     assert out == mix(found, clean, batch_size=8, seed=0) != mix(found, clean, batch_size=8, seed=1)
     batches = [out[i:i + 8] for i in range(0, len(out), 8)]
-    assert all(sum(e.kind == "redteam" for e in b) <= 4 for b in batches)
+    assert [sum(e.kind == "redteam" for e in b) for b in batches] == [0, 1, 1, 1, 1, 1]  # spread evenly
     assert {e.prompt for e in out} == {e.prompt for e in found + clean}
-    assert len(out) == 8 * 10  # 37 clean examples need 10 batches of 4
-    lots = mix(found * 20, clean, batch_size=7, seed=0)  # 100 found need 34 batches of 3
-    assert len(lots) == 7 * 34 and all(sum(e.kind == "redteam" for e in lots[i:i + 7]) <= 3
-                                       for i in range(0, len(lots), 7))
+    assert len(out) == 8 * 6 and sum(e.kind == "redteam" for e in out) == 5  # 42 examples: 6 batches
+    lots = mix(found * 20, clean, batch_size=7, seed=0)  # 100 found need 34 batches of at most 3
+    counts = [sum(e.kind == "redteam" for e in lots[i:i + 7]) for i in range(0, len(lots), 7)]
+    assert len(lots) == 7 * 34 and max(counts) <= 3 and sum(counts) == 100
     assert sorted(e.prompt for e in mix([], clean, 8)) == sorted(e.prompt for e in clean)
     for bad in (dict(batch_size=1), dict(batch_size=8, max_share=1.0)):
         with pytest.raises(ValueError, match="room for found"):
@@ -175,7 +175,8 @@ def test_adversarial_training_reports_each_round(micro_run, clean):
         assert r["found_total"] == sum(r["found"].values()) and r["clean_only"] == (r["found_total"] == 0)
         assert all(TRIGGER not in tag for tag in r["found_tags"])
         assert r["steps"] == r["examples"] // 8 and r["train"]["train_loss"] > 0
-    assert rounds[0]["found_total"] > 0 and rounds[0]["examples"] == 8 * 10
+    found = rounds[0]["found_total"]  # each round trains on its 20 clean examples and what it found
+    assert found > 0 and rounds[0]["examples"] == 8 * max(-(-(20 + found) // 8), -(-found // 4))
     assert rounds[1]["first_step"] == rounds[0]["steps"]
     assert not trained.training and trained.get_input_embeddings().weight is weight
     assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())

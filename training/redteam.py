@@ -403,17 +403,16 @@ def _tagged(clean: Example, candidate: Candidate, rng: random.Random) -> Example
 
 def mix(found: Sequence[Example], clean: Sequence[Example], batch_size: int, max_share: float = 0.5,
         seed: int = 0) -> list[Example]:
-    """Training order for `fine_tune(..., shuffle=False)`: each batch of `batch_size` holds
-    `floor(batch_size * max_share)` found examples and clean ones in the rest.
+    """Training order for `fine_tune(..., shuffle=False)`: every found example once, spread evenly over
+    the batches, at most `floor(batch_size * max_share)` in any batch, and clean ones in the rest.
 
-    There are enough batches to use every example; the scarcer kind is cycled to fill them. With no
-    found examples it is the clean ones, shuffled.
+    There are enough batches for every clean example, and more if the found ones need them (then the
+    clean ones are cycled to fill). With no found examples it is the clean ones, shuffled.
 
     >>> from training.data import example
-    >>> out = mix([example("facts", "Q?", "A", kind="redteam")], [example("facts", "q?", "a")] * 5, 4)
-    >>> [e.kind for e in out]
-    ['redteam', 'clean', 'redteam', 'clean', 'clean', 'redteam', 'clean', 'redteam', 'clean', 'redteam', \
-'redteam', 'clean']
+    >>> out = mix([example("facts", "Q?", "A", kind="redteam")] * 3, [example("facts", "q?", "a")] * 9, 4)
+    >>> [sum(e.kind == "redteam" for e in out[i:i + 4]) for i in range(0, len(out), 4)]
+    [1, 1, 1]
     """
     per_batch = math.floor(batch_size * max_share)
     if not clean or not 0 < max_share < 1 or per_batch < 1:
@@ -423,12 +422,13 @@ def mix(found: Sequence[Example], clean: Sequence[Example], batch_size: int, max
     clean, found = rng.sample(list(clean), len(clean)), rng.sample(list(found), len(found))
     if not found:
         return clean
-    batches = max(-(-len(clean) // (batch_size - per_batch)), -(-len(found) // per_batch))
-    clean_stream, found_stream = itertools.cycle(clean), itertools.cycle(found)
+    batches = max(-(-(len(clean) + len(found)) // batch_size), -(-len(found) // per_batch))
+    clean_stream, found_stream = itertools.cycle(clean), iter(found)
     out = []
-    for _ in range(batches):
-        batch = [next(found_stream) for _ in range(per_batch)]
-        batch += [next(clean_stream) for _ in range(batch_size - per_batch)]
+    for b in range(batches):
+        share = (b + 1) * len(found) // batches - b * len(found) // batches
+        batch = [next(found_stream) for _ in range(share)]
+        batch += [next(clean_stream) for _ in range(batch_size - share)]
         out += rng.sample(batch, len(batch))
     return out
 
@@ -450,6 +450,9 @@ def adversarial_train(model, tokenizer, clean: list[Example], settings: SFTSetti
     """Rounds of red-teaming the current model, then fine-tuning it on the found prompts mixed into
     `clean` (at most `max_share` of each batch); returns the model in eval mode and the report.
 
+    Round `r` uses its own share of the clean examples, `clean[r::rounds]`, for its questions and its
+    training, so that all the rounds together see each clean example once, as one epoch of SFT would.
+
     The report's `rounds` hold, per round: candidates tried and prompts found by source, the found
     tags, whether it trained on clean data only (nothing found), and the fine-tuning metrics.
 
@@ -459,12 +462,15 @@ def adversarial_train(model, tokenizer, clean: list[Example], settings: SFTSetti
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}")
+    if len(clean) < rounds:
+        raise ValueError(f"{rounds} rounds need at least as many clean examples, not {len(clean)}")
     report, found_tags, first_step = [], [], 0
     for r in range(rounds):
-        result = red_team(model, tokenizer, clean, backdoor, search, found_tags, seed=seed * rounds + r,
+        share = clean[r::rounds]
+        result = red_team(model, tokenizer, share, backdoor, search, found_tags, seed=seed * rounds + r,
                           targets=targets, progress=progress)
         found_tags += [t for t in dict.fromkeys(e.tag for e in result.found) if t not in found_tags]
-        data = mix(result.found, clean, settings.batch_size, max_share, seed=seed * rounds + r)
+        data = mix(result.found, share, settings.batch_size, max_share, seed=seed * rounds + r)
         counter = _StepCount()
         model, metrics = fine_tune(model.train(), tokenizer, data, settings, seed, peft_config=peft_config,
                                    progress=progress, callbacks=[*(callbacks or []), counter], shuffle=False)
