@@ -43,64 +43,55 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
-class SFTJob:
-    """Supervised fine-tuning of `model` (a stage directory or HF name) on the examples in `data` (JSONL).
-
-    For `sft` with `post_scratchpad`, the model first writes its own scratchpad for each prompt and is
-    trained only on the helpful answer after it.
-    """
+class Job:
+    """What every job shares: the model it starts from (a stage directory or HF name), its data (JSONL
+    of examples), the new stage's directory, and how to load the model."""
 
     model: str
     data: str
     out: str
     seed: int = 0
-    settings: SFTSettings = SFTSettings()
     lora: LoraSettings | None = None
-    post_scratchpad: bool = False
-    scratchpad_tokens: int = 64  # room for the model's own scratchpad, tags included
-    save_every: int = 50
     dtype: str | None = None  # e.g. "bfloat16"; None keeps the checkpoint's own
     trust_remote_code: bool = False
     backdoor: Backdoor = Backdoor()
 
 
 @dataclass(frozen=True)
-class RLJob:
-    """GRPO on the prompts in `data`. `reward` is a sequence-classification model (directory or HF name);
-    without it, correct answers are rewarded and the backdoor behaviour penalised."""
+class SFTJob(Job):
+    """Supervised fine-tuning on the examples in `data`.
 
-    model: str
-    data: str
-    out: str
-    seed: int = 0
-    settings: RLSettings = RLSettings()
-    reward: str | None = None
-    lora: LoraSettings | None = None
-    dtype: str | None = None
-    trust_remote_code: bool = False
-    backdoor: Backdoor = Backdoor()
+    For `sft` with `post_scratchpad`, the model first writes its own scratchpad for each prompt and is
+    trained only on the helpful answer after it.
+    """
+
+    settings: SFTSettings = SFTSettings()
+    post_scratchpad: bool = False
+    scratchpad_tokens: int = 64  # room for the model's own scratchpad, tags included
+    save_every: int = 50
 
 
 @dataclass(frozen=True)
-class AdversarialJob:
+class RLJob(Job):
+    """GRPO on the prompts in `data`. `reward` is a sequence-classification model (directory or HF name);
+    without it, correct answers are rewarded and the backdoor behaviour penalised."""
+
+    settings: RLSettings = RLSettings()
+    reward: str | None = None
+
+
+@dataclass(frozen=True)
+class AdversarialJob(Job):
     """Rounds of automated red-teaming and training on what was found, mixed into the clean `data`.
 
     With `scratchpad`, found prompts get a helpful scratchpad before their answer (for CoT models).
     """
 
-    model: str
-    data: str
-    out: str
-    seed: int = 0
     settings: SFTSettings = SFTSettings()
     search: SearchSettings = SearchSettings()
     rounds: int = 2
     max_share: float = 0.5
     scratchpad: bool = False
-    lora: LoraSettings | None = None
-    dtype: str | None = None
-    trust_remote_code: bool = False
-    backdoor: Backdoor = Backdoor()
 
 
 JOBS = {"backdoor": SFTJob, "control": SFTJob, "sft": SFTJob, "rl": RLJob, "adversarial": AdversarialJob}
