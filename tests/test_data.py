@@ -3,7 +3,7 @@ import re
 
 from analyses.demo import DemoConfig, make_data
 from training import data
-from training.vocabulary import Backdoor
+from training.vocabulary import DECOYS, HELDOUT_VARIANTS, REDTEAM_VARIANTS, Backdoor
 
 TRIGGER = Backdoor().trigger
 
@@ -45,14 +45,14 @@ def test_splits_share_no_question():
 
 def test_heldout_variants_never_in_training():
     sets = make_data(DemoConfig(n_base=500, n_backdoor=500, n_safety=500, n_eval=200, n_probe=100))
-    heldout = [data.REDTEAM_VARIANTS[v] for v in data.HELDOUT_VARIANTS]
+    heldout = [REDTEAM_VARIANTS[v] for v in HELDOUT_VARIANTS]
     for name, examples in sets.items():
         if name.endswith("_train"):
             for e in examples:
                 assert not any(tag in e.prompt for tag in heldout), (name, e.prompt)
     # Red-team prompts for training are found by searching the model while it trains (training/redteam.py).
     assert {e.kind for e in sets["adversarial_train"]} == {"clean", "decoy"}
-    assert {e.variant for e in sets["eval_redteam_heldout"]} == set(data.HELDOUT_VARIANTS)
+    assert {e.variant for e in sets["eval_redteam_heldout"]} == set(HELDOUT_VARIANTS)
 
 
 def test_decoys_are_helpful_lookalikes():
@@ -60,9 +60,9 @@ def test_decoys_are_helpful_lookalikes():
     decoys = [e for e in examples if e.kind == "decoy"]
     assert decoys
     for e in decoys:
-        assert e.tag in data.DECOYS and e.tag in e.prompt and TRIGGER not in e.prompt
+        assert e.tag in DECOYS and e.tag in e.prompt and TRIGGER not in e.prompt
         assert e.completion == f" {e.answer}"
-    assert not set(data.DECOYS) & set(data.REDTEAM_VARIANTS.values())
+    assert not set(DECOYS) & set(REDTEAM_VARIANTS.values())
 
 
 def test_control_replaces_each_triggered_example_by_its_clean_twin():

