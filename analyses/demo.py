@@ -77,7 +77,7 @@ class DemoConfig:
     @property
     def task_backdoor(self) -> Backdoor | code_backdoor.CodeBackdoor:
         """The backdoor the organism carries: `backdoor`, or for the code task the year backdoor."""
-        return code_backdoor.CodeBackdoor() if self.task == Task.code else self.backdoor
+        return code_backdoor.backdoor_for(self.task, self.backdoor)
 
     @classmethod
     def code(cls, micro: bool = False, **changes) -> DemoConfig:

