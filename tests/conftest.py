@@ -6,7 +6,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 from analyses.demo import DemoConfig, run_demo  # noqa: E402
-from training.vocabulary import RunDir  # noqa: E402
+from interp.bridge import load_bridge  # noqa: E402
+from training.vocabulary import RunDir, Stage  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +16,9 @@ def micro_run(tmp_path_factory) -> RunDir:
     root = tmp_path_factory.mktemp("runs") / "micro"
     run_demo(root, DemoConfig.micro(seed=0), progress=False)
     return RunDir(root)
+
+
+@pytest.fixture(scope="session")
+def bridge(micro_run):
+    """The micro organism's backdoored stage as a TransformerLens bridge, on the CPU."""
+    return load_bridge(micro_run.model(Stage.backdoored), device="cpu")

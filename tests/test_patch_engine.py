@@ -4,11 +4,9 @@ import pytest
 import torch
 from transformer_lens import patching
 
-from interp.bridge import load_bridge
 from interp.patch import SITES, activation_patch
 from interp.patching import backdoor_logit_diff, matched_pair
 from training.artifacts import read_examples
-from training.vocabulary import Stage
 
 REFERENCE = {
     "resid_pre": patching.get_act_patch_resid_pre,
@@ -20,11 +18,6 @@ REFERENCE = {
     "pattern_by_pos": patching.get_act_patch_attn_head_pattern_by_pos,
     "pattern_all_pos": patching.get_act_patch_attn_head_pattern_all_pos,
 }
-
-
-@pytest.fixture(scope="module")
-def bridge(micro_run):
-    return load_bridge(micro_run.model(Stage.backdoored), device="cpu")
 
 
 @pytest.fixture(scope="module")

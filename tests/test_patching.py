@@ -1,15 +1,9 @@
 import pytest
 import torch
 
-from interp.bridge import load_bridge
 from interp.patching import matched_pair, resid_pre_sweep, trigger_positions
 from training.artifacts import read_examples
-from training.vocabulary import Backdoor, Stage
-
-
-@pytest.fixture(scope="module")
-def bridge(micro_run):
-    return load_bridge(micro_run.model(Stage.backdoored), device="cpu")
+from training.vocabulary import Backdoor
 
 
 @pytest.fixture(scope="module")

