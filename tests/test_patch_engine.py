@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformer_lens import patching
 
+from interp import patch
 from interp.patch import SITES, activation_patch
-from interp.patching import backdoor_logit_diff, matched_pair
-from training.artifacts import read_examples
+from interp.patching import pair_metric
 
 REFERENCE = {
     "resid_pre": patching.get_act_patch_resid_pre,
@@ -21,23 +21,11 @@ REFERENCE = {
 
 
 @pytest.fixture(scope="module")
-def pairs(bridge, micro_run):
-    """Two triggered prompts of one length and their untriggered twins, and the backdoor metric."""
-    examples = read_examples(micro_run.data("eval_triggered"))
-    tok = bridge.tokenizer
-    by_length: dict[int, list] = {}
-    for e in examples:
-        pair = matched_pair(tok, e)
-        by_length.setdefault(len(pair.triggered), []).append(pair)
-    group = next(g for g in by_length.values() if len(g) >= 2)[:2]
-    clean = torch.stack([p.triggered for p in group])
-    corrupted = torch.stack([p.untriggered for p in group])
-    b, h = group[0].backdoor_token, group[0].helpful_token
-
-    def metric(logits):
-        return backdoor_logit_diff(logits, b, h)
-
-    return clean, corrupted, metric
+def pairs(matched_pairs):
+    """Two triggered prompts of one length, their untriggered twins, and the backdoor metric."""
+    group = matched_pairs[:2]
+    return (torch.stack([p.triggered for p in group]), torch.stack([p.untriggered for p in group]),
+            pair_metric(group))
 
 
 @pytest.mark.parametrize("site", list(REFERENCE))
@@ -71,3 +59,18 @@ def test_mismatched_shapes_are_refused(bridge, pairs):
     clean, corrupted, metric = pairs
     with pytest.raises(ValueError, match="one shape"):
         activation_patch(bridge, clean, corrupted[:, :-1], "resid_pre", metric, progress=False)
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "resid_post", "resid_post_all_pos"])
+def test_residual_fast_path_equals_the_hooked_path(bridge, pairs, site, monkeypatch):
+    clean, corrupted, metric = pairs
+    fast = activation_patch(bridge, clean, corrupted, site, metric, progress=False)
+    monkeypatch.setitem(patch._AGREES, bridge, False)
+    hooked = activation_patch(bridge, clean, corrupted, site, metric, progress=False)
+    torch.testing.assert_close(fast, hooked, atol=1e-4, rtol=0)
+    if site.endswith("all_pos"):  # the whole residual stream patched: the clean run, at every layer
+        with torch.no_grad():
+            clean_metric = metric(bridge(clean)).mean().item()
+        torch.testing.assert_close(fast, torch.full_like(fast, clean_metric), atol=1e-4, rtol=0)
+    else:
+        assert fast.std() > 0

