@@ -1,5 +1,7 @@
 """Residual-stream extraction: the activation store (`interp.store.extract`, shards written to disk)
-against a plain HF forward with `output_hidden_states` (which keeps nothing), and against
+against a plain HF forward with `output_hidden_states` (the HF model without TransformerLens's
+wrappers, as `from_pretrained` gives it; it keeps nothing), beside the same model's decoder alone
+(no unembedding, which the store skips too), and against
 TransformerLens's `run_with_cache`, filtered to the same hooks and unfiltered, in one run.
 
 Every method runs the same prompts (the stage's evaluation and probe prompts) in the same batches of
@@ -22,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from benchmarks.timing import best_time, machine_line, stage_parser  # noqa: E402
-from interp.bridge import device_of, load_bridge, resid_hooks  # noqa: E402
+from interp.bridge import device_of, load_bridge, plain_hf, resid_hooks  # noqa: E402
 from interp.store import ActivationStore, extract  # noqa: E402
 from training.artifacts import read_examples  # noqa: E402
 from training.tokenizer import equal_length_batches  # noqa: E402
@@ -47,9 +49,11 @@ def main() -> None:
                for batch in equal_length_batches(encoded, args.batch_size)]
 
     @torch.no_grad()
-    def plain():
-        for tokens in batches:
-            bridge.original_model(tokens, output_hidden_states=True)
+    def plain(decoder_only: bool):
+        with plain_hf(bridge) as hf:  # the HF model as `from_pretrained` gives it
+            model = hf.get_decoder() if decoder_only else hf
+            for tokens in batches:
+                model(tokens, output_hidden_states=True)
 
     @torch.no_grad()
     def cached(filtered: bool):
@@ -66,7 +70,8 @@ def main() -> None:
                     progress=False)
             return ActivationStore(out).get(hooks[1], positions="last")
 
-    t_plain, _ = best_time(plain, args.repeats)
+    t_plain, _ = best_time(lambda: plain(False), args.repeats)
+    t_decoder, _ = best_time(lambda: plain(True), args.repeats)
     t_store, store_last = best_time(stored, args.repeats)
     t_filtered, _ = best_time(lambda: cached(True), args.repeats)
     t_full, _ = best_time(lambda: cached(False), args.repeats)
@@ -80,6 +85,7 @@ def main() -> None:
     print(f"{len(prompts)} prompts in {len(batches)} batches, {len(hooks)} residual points, positions "
           f"{args.positions}; max |store - run_with_cache| = {difference:.2e}")
     print(f"plain HF forward, output_hidden_states:  {t_plain:.3f} s")
+    print(f"plain HF decoder, without unembedding:   {t_decoder:.3f} s   {t_decoder / t_plain:.2f}x plain")
     print(f"interp.store.extract (shards on disk):   {t_store:.3f} s   {t_store / t_plain:.2f}x plain")
     print(f"run_with_cache, filtered to the hooks:   {t_filtered:.3f} s   {t_filtered / t_plain:.2f}x plain")
     print(f"run_with_cache, every hook:              {t_full:.3f} s   {t_full / t_plain:.2f}x plain")

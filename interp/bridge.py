@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
 from training.model import load_model
 
@@ -40,3 +42,24 @@ def resid_hooks(n_layers: int) -> list[str]:
 def device_of(bridge) -> torch.device:
     """Where the bridge's weights are, which is where its inputs must go."""
     return next(bridge.parameters()).device
+
+
+@contextmanager
+def plain_hf(bridge):
+    """The bridge's HF model with TransformerLens's wrappers swapped out for the modules they wrap, and
+    back on exit: no hooks fire in it, and its attention fills HF's key-value cache."""
+    swapped = []
+
+    def unwrap(module):
+        for name, child in list(module.named_children()):
+            if isinstance(child, GeneralizedComponent):
+                swapped.append((module, name, child))
+                module._modules[name] = child = child.original_component
+            unwrap(child)
+
+    unwrap(bridge.original_model)
+    try:
+        yield bridge.original_model
+    finally:
+        for module, name, child in reversed(swapped):
+            module._modules[name] = child

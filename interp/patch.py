@@ -21,16 +21,15 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 from transformers import DynamicCache
 
-from interp.bridge import device_of
+from interp.bridge import device_of, plain_hf
 from interp.store import activations
 
 # A metric maps the patched run's logits to one value per prompt.
@@ -192,27 +191,6 @@ def _run_from(hf, layer: int, resid: Float[torch.Tensor, "batch pos d_model"], c
         return hf(inputs_embeds=resid, cache=cache, use_cache=cache is not None).logits
     finally:
         decoder.layers = layers
-
-
-@contextmanager
-def plain_hf(bridge):
-    """The bridge's HF model with TransformerLens's wrappers swapped out for the modules they wrap, and
-    back on exit: no hooks fire in it, and its attention fills HF's key-value cache."""
-    swapped = []
-
-    def unwrap(module):
-        for name, child in list(module.named_children()):
-            if isinstance(child, GeneralizedComponent):
-                swapped.append((module, name, child))
-                module._modules[name] = child = child.original_component
-            unwrap(child)
-
-    unwrap(bridge.original_model)
-    try:
-        yield bridge.original_model
-    finally:
-        for module, name, child in reversed(swapped):
-            module._modules[name] = child
 
 
 def _plain_forward_agrees(bridge, tokens: Int[torch.Tensor, "batch pos"]) -> bool:

