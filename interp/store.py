@@ -117,9 +117,9 @@ def _shard(bridge, prompts: Sequence[str], hooks: list[str], positions: str, bat
                 out[hook] = torch.empty(rows, *acts.shape[2:], dtype=dtype)
             if positions == "last":
                 out[hook][batch] = acts[:, -1].to("cpu", dtype)
-            else:
-                for row, i in enumerate(batch):
-                    out[hook][offsets[i]:offsets[i + 1]] = acts[row].to("cpu", dtype)
+            else:  # the prompts of a batch have one length: each token's row is its prompt's offset + pos
+                rows_of = offsets[batch][:, None] + torch.arange(acts.shape[1])
+                out[hook][rows_of.flatten()] = acts.flatten(0, 1).to("cpu", dtype)
     if positions == "all":
         out["offsets"] = offsets
     return out
