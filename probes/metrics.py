@@ -1,8 +1,9 @@
 """How well scores separate two classes: AUROC with a bootstrap interval, recall at a fixed false-positive
 rate, accuracy. Scores and labels may be torch tensors, numpy arrays or lists; results are python floats.
 
-A label is 0 or 1 (or a bool), 1 the class the score should rank high. AUROC counts ties as half, like
-scikit-learn's `roc_auc_score`:
+A label is 0 or 1 (or a bool), 1 the class the score should rank high. A single AUROC and the recall
+come from scikit-learn; `rank_auroc` ranks many score vectors at once (bootstrap resamples, random
+directions) with ties counting half, as `roc_auc_score` does:
 
 >>> auroc([0.1, 0.4, 0.4, 0.9], [0, 0, 1, 1])
 0.875
@@ -16,12 +17,13 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def auroc(scores, labels) -> float:
     """The area under the ROC curve: the chance that a positive outscores a negative, ties counting half."""
     scores, labels = _check(scores, labels)
-    return float(rank_auroc(scores, labels))
+    return float(roc_auc_score(labels, scores))
 
 
 def auroc_interval(scores, labels, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
@@ -45,19 +47,14 @@ def auroc_interval(scores, labels, *, n_boot: int = 1000, seed: int = 0, level: 
 def recall_at_fpr(scores, labels, fpr: float = 0.01) -> float:
     """The largest recall of a threshold whose false-positive rate on the negatives is at most `fpr`.
 
-    A score at or above the threshold is flagged; thresholds are the scores themselves, as on
-    scikit-learn's `roc_curve`, so no point between two of them is interpolated.
+    Thresholds are the scores themselves (scikit-learn's `roc_curve`), so no point between two of them
+    is interpolated.
     """
     if not 0 <= fpr <= 1:
         raise ValueError(f"fpr must lie in [0, 1], not {fpr}")
     scores, labels = _check(scores, labels)
-    pos, neg = scores[labels], np.sort(scores[~labels])[::-1]
-    # The most negatives a threshold may flag, by the same float comparison as count / n_neg <= fpr.
-    allowed = int((np.arange(len(neg) + 1) / len(neg) <= fpr).sum()) - 1
-    if allowed == len(neg):
-        return 1.0
-    # Flag only the scores above the (allowed + 1)-th highest negative.
-    return float((pos > neg[allowed]).mean())
+    false_positive_rate, recall, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(recall[false_positive_rate <= fpr].max())
 
 
 def accuracy(scores, labels, threshold: float = 0.0) -> float:
