@@ -124,7 +124,7 @@ def attribute_edges(bridge, clean: Int[torch.Tensor, "batch pos"],
                for name in ("blocks.{}.attn.hook_q_input", "blocks.{}.attn.hook_k_input",
                             "blocks.{}.attn.hook_v_input", "blocks.{}.hook_mlp_in")]
     readers.append(f"blocks.{n_layers - 1}.hook_resid_post")
-    with _edge_hooks(bridge):
+    with edge_hooks(bridge):
         run = _integrate(bridge, clean, corrupted, metric, writers, readers, ig_steps, chunk)
     # One row per writer and per reader in `edge_names` order: [batch, pos, node, d_model].
     delta = torch.cat([_per_node(run.delta[name]) for name in writers], dim=2)
@@ -177,7 +177,7 @@ def _integrate(bridge, clean, corrupted, metric: Metric, act_names: list[str], g
     batch = clean.shape[0]
     with torch.no_grad():
         acts: dict[str, torch.Tensor] = {}
-        with bridge.hooks(fwd_hooks=[(name, _store(acts, name)) for name in act_names]):
+        with bridge.hooks(fwd_hooks=[(name, keep_into(acts, name)) for name in act_names]):
             clean_metric = metric(bridge(clean)).mean().item()
     clean_acts = acts
     grads = {name: 0.0 for name in grad_names}
@@ -201,7 +201,7 @@ def _integrate(bridge, clean, corrupted, metric: Metric, act_names: list[str], g
                 {name: grad / ig_steps for name, grad in grads.items()}, clean_metric, corrupted_metric)
 
 
-def _store(acts: dict[str, torch.Tensor], name: str):
+def keep_into(acts: dict[str, torch.Tensor], name: str):
     def hook(activation, hook):
         acts[name] = activation.detach()
 
@@ -231,7 +231,7 @@ def _per_node(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _edge_hooks(bridge) -> Iterator[None]:
+def edge_hooks(bridge) -> Iterator[None]:
     """The bridge with its per-head result, split q/k/v input and MLP input hooks on, then as it was."""
     cfg = bridge.cfg
     saved = cfg.use_attn_result, cfg.use_split_qkv_input, cfg.use_hook_mlp_in, cfg.use_attn_in
