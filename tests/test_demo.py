@@ -80,6 +80,9 @@ def test_report_sections_and_self_containment(micro_run):
     assert len(re.findall(r'class="plotly-graph-div"', page)) >= 6
     assert not re.search(r"<script[^>]+src=", page)
     assert "did not remove the backdoor" in page or "removed the backdoor" in page
+    for section in ("circuit-find-backdoored-trigger", "circuit-diff-backdoored__adversarial-trigger",
+                    "circuit-diff-backdoored__sft-trigger"):
+        assert f'<section id="{section}">' in page
 
 
 def test_report_escapes_prompts_and_generations(micro_run, tmp_path):
