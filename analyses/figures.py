@@ -58,16 +58,6 @@ def year_figure(evals: dict[str, dict]) -> go.Figure:
     return fig
 
 
-def probe_figure(probes: dict) -> go.Figure:
-    """Test AUROC of the per-layer "trigger present" probe, one line per stage."""
-    fig = go.Figure()
-    for stage, aurocs in probes["auroc"].items():
-        fig.add_scatter(x=probes["points"], y=aurocs, mode="lines+markers", name=stage)
-    fig.update_layout(title="Trigger-present probe: test AUROC by layer", yaxis=dict(range=[0, 1.02]),
-                      xaxis_title="residual stream point", yaxis_title="AUROC")
-    return fig
-
-
 def position_labels(tokens: list[str], trigger: list[int], n: int | None = None) -> list[str]:
     """Tick labels for `n` positions (by default one per token): the index and the escaped token, with ◀
     on the trigger's; a position past the tokens gets its index alone."""

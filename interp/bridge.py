@@ -9,21 +9,23 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
-from training.model import load_model
+from training.model import current_policy, load_model
 
 
 def load_bridge(name_or_path: str | Path, *, device: str | None = None, dtype: torch.dtype = torch.float32,
-                trust_remote_code: bool = False) -> TransformerBridge:
+                trust_remote_code: bool | None = None, allow_pickle: bool | None = None) -> TransformerBridge:
     """A stage directory, local path or hub name as an eval-mode `TransformerBridge`.
 
-    The weights go through `training.model.load_model`, so only safetensors are read.
+    The weights go through `training.model.load_model`, under its loading policy: `trust_remote_code`
+    and `allow_pickle` default (None) to the policy in force, and explicit values win.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype,
-                                  device=device)
+    policy = current_policy(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    model, tokenizer = load_model(name_or_path, trust_remote_code=policy.trust_remote_code,
+                                  allow_pickle=policy.allow_pickle, dtype=dtype, device=device)
     bridge = TransformerBridge.boot_transformers(
         str(name_or_path), hf_model=model, tokenizer=tokenizer, device=device, dtype=dtype,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=policy.trust_remote_code,
     )
     return bridge.eval()
 

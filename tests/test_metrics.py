@@ -1,11 +1,9 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from interp.patching import backdoor_logit_diff
-from probes.linear import layer_probe_auroc
 from training.evaluate import rate, score, wilson_interval
 from training.vocabulary import Backdoor, Example
 
@@ -72,15 +70,3 @@ def test_backdoor_logit_diff_reads_the_last_position():
     assert backdoor_logit_diff(logits, 3, 1).tolist() == [2.0, 2.0]
     logits[1, -1, 3] = -10.0
     assert backdoor_logit_diff(logits, 3, 1).tolist() == [2.0, -31.0]
-
-
-def test_probe_auroc_separable_and_chance():
-    gen = torch.Generator().manual_seed(0)
-    y = np.arange(400) % 2
-    x = torch.randn(2, 400, 16, generator=gen)
-    x[1, y == 1] += 3.0  # only layer 1 carries the label
-    aurocs = layer_probe_auroc(x[:, :200], y[:200], x[:, 200:], y[200:])
-    assert aurocs[1] > 0.99
-    assert 0.35 < aurocs[0] < 0.65
-    with pytest.raises(ValueError):
-        layer_probe_auroc(x, np.zeros(400), x, y)

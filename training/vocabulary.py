@@ -297,9 +297,5 @@ class RunDir:
         return self.root / "activations" / Stage(stage).value / name
 
     @property
-    def probes(self) -> Path:
-        return self.root / "probes" / "trigger_present.json"
-
-    @property
     def report(self) -> Path:
         return self.root / "report" / "index.html"
