@@ -105,7 +105,8 @@ def test_a_bad_job_fails_in_one_line(micro_run, tmp_path):
     config = {"model": str(tmp_path / "nowhere"), "data": str(micro_run.data("sft_train")), "out": "o"}
     path.write_text(yaml.safe_dump(config))
     result = runner.invoke(app, ["train", "sft", str(path)])
-    assert result.exit_code == 2 and result.output.startswith("error: cannot load model")
+    assert result.exit_code == 2 and result.output.startswith("error: ")
+    assert "nowhere is not a directory" in result.output and not (tmp_path / "o").exists()
     path.write_text("settings: [1, 2")
     result = runner.invoke(app, ["train", "sft", str(path)])
     assert result.exit_code == 2 and "cannot read config" in result.output
