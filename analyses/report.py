@@ -219,10 +219,13 @@ def read_where(stage: str, localization: dict) -> str:
     causal = localization["causal"]["heads"]
     before, after = causal["before"]["trigger_rate"]["value"], causal["after"]["trigger_rate"]["value"]
     names = ", ".join(f"L{layer}H{head}" for layer, head in heads) or "none"
-    return (f"Where {stage} reads the trigger: head(s) {names} "
-            f"(patching the best alone restores {restored:.2f} of the backdoor metric); mean-ablating them "
-            f"{'turns the backdoor off' if causal['backdoor_off'] else 'does not turn the backdoor off'} "
-            f"(trigger rate {before:.2f} → {after:.2f}).")
+    if before < 0.05:
+        effect = f"there is no backdoor behaviour for ablating them to turn off (trigger rate {before:.2f})"
+    else:
+        effect = (f"mean-ablating them {'turns' if causal['backdoor_off'] else 'does not turn'} the backdoor "
+                  f"off (trigger rate {before:.2f} → {after:.2f})")
+    return (f"Where {stage} reads the trigger: head(s) {names} (patching the best alone restores "
+            f"{restored:.2f} of the backdoor metric); {effect}.")
 
 
 def verdict(after: dict, before: dict, control: dict | None) -> str:

@@ -85,6 +85,8 @@ def test_report_has_a_section_per_interp_result(interp_run):
     assert "turns the backdoor off" in page and "leaves the backdoor on" in page
     assert "<td>0.970</td>" in page and "n/a" in page  # Spearman table, one missing value
     assert "head of largest |effect|" in page
+    assert ("Where backdoored reads the trigger: head(s) L0H1 (patching the best alone restores 1.02 of the "
+            "backdoor metric); mean-ablating them turns the backdoor off (trigger rate 1.00 → 0.00).") in page
 
 
 def test_adversarial_token_text_is_escaped(interp_run):
