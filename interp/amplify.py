@@ -12,12 +12,10 @@ from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
-from tqdm.auto import tqdm
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessor
 
-from training.evaluate import rate
+from training.evaluate import generate, rate
 from training.mechanisms import split_scratchpad
-from training.tokenizer import equal_length_batches
 from training.vocabulary import Backdoor, Example
 
 
@@ -52,37 +50,18 @@ def amplified_generate(before, after, tokenizer, prompts: list[str], alpha: floa
                        batch_size: int = 64, progress: bool = True) -> list[str]:
     """Completions sampled from the amplified logits (greedy at `temperature=0`), reproducibly for `seed`.
 
-    Batched like `training.evaluate.generate`, over prompts of equal token length so that nothing is
-    padded; at `alpha=0` the completions are exactly `generate(after, ...)`'s for the same arguments.
+    It is `training.evaluate.generate` on `after` with the amplifying processor, so at `alpha=0` the
+    completions are exactly `generate(after, ...)`'s for the same arguments.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
     sizes = (vocab_size(before), vocab_size(after))
     if sizes[0] != sizes[1] or len(tokenizer) > sizes[1]:
         raise ValueError(f"before and after must share the tokenizer's vocabulary ({len(tokenizer)} tokens), "
                          f"but give {sizes[0]} and {sizes[1]} logits")
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    if not encoded or not all(encoded):
+    if not prompts or not all(tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts):
         raise ValueError("prompts must be a non-empty list of prompts of at least one token each")
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature else {
-        "do_sample": False}
-    device = next(after.parameters()).device
-    out: list[str] = [""] * len(prompts)
-    cuda = sorted({d for m in (before, after) if (d := next(m.parameters()).device).type == "cuda"}, key=str)
-    with torch.random.fork_rng(devices=cuda):  # sampling leaves the caller's random state alone
-        torch.manual_seed(seed)
-        for batch in tqdm(equal_length_batches(encoded, batch_size), desc=f"amplifying x{alpha}",
-                          disable=not progress, leave=False):
-            ids = torch.tensor([encoded[i] for i in batch], device=device)
-            processors = LogitsProcessorList([AmplifiedLogits(before, alpha)] if alpha else [])
-            tokens = after.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, **sampling,
-                logits_processor=processors, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            for i, row in zip(batch, tokens[:, ids.shape[1]:]):
-                out[i] = tokenizer.decode(row, skip_special_tokens=True)
-    return out
+    return generate(after, tokenizer, prompts, max_new_tokens, batch_size, progress, temperature, seed,
+                    processors=(lambda: [AmplifiedLogits(before, alpha)]) if alpha else None,
+                    desc=f"amplifying x{alpha}")
 
 
 def amplification_sweep(before, after, tokenizer, examples: list[Example], backdoor: Backdoor,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from training.mechanisms import intends_backdoor, split_scratchpad
 from training.tokenizer import equal_length_batches
@@ -48,11 +49,13 @@ def rate(successes: int, n: int) -> dict:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 16, batch_size: int = 64,
-             progress: bool = True, temperature: float = 0.0, seed: int = 0) -> list[str]:
+             progress: bool = True, temperature: float = 0.0, seed: int = 0,
+             processors: Callable[[], list] | None = None, desc: str = "generating") -> list[str]:
     """Completions, batched over prompts of equal token length so that nothing is padded.
 
     Greedy by default; with `temperature > 0` they are sampled, reproducibly for a given `seed`.
     With no padding, each batched greedy completion equals what `model.generate` gives the prompt alone.
+    `processors` makes each batch's logits processors (a stateful one must be new for every batch).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
@@ -65,11 +68,12 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 16, bat
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # sampling leaves the caller's random state alone
         torch.manual_seed(seed)
-        for batch in tqdm(batches, desc="generating", disable=not progress, leave=False):
+        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
             ids = torch.tensor([encoded[i] for i in batch], device=device)
             tokens = model.generate(
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, **sampling,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                logits_processor=LogitsProcessorList(processors() if processors else []),
             )
             for i, row in zip(batch, tokens[:, ids.shape[1]:]):
                 out[i] = tokenizer.decode(row, skip_special_tokens=True)
