@@ -192,11 +192,13 @@ def faithfulness_curve(bridge, clean, corrupted, metric: Metric, order: list[Edg
     `curve_sizes`). The clean and corrupted ends are measured by the same patched forward as every
     other size, so the full graph scores 1 and the empty graph 0 up to float error."""
     sizes = sizes or curve_sizes(len(order))
-    ends = [0, len(order)]
-    circuits = torch.stack([circuit_mask(order, n, shape) for n in [*ends, *sizes]])
+    measured = sorted({0, len(order), *sizes})  # each size once, the two ends included
+    circuits = torch.stack([circuit_mask(order, n, shape) for n in measured])
     values = circuit_metrics(bridge, clean, corrupted, metric, circuits, chunk=chunk).tolist()
-    low, high = values[:2]
-    return Curve(sizes, values[2:], [faithfulness(v, low, high) for v in values[2:]], len(order))
+    values = dict(zip(measured, values))
+    low, high = values[0], values[len(order)]
+    return Curve(sizes, [values[n] for n in sizes], [faithfulness(values[n], low, high) for n in sizes],
+                 len(order))
 
 
 def faithfulness(value: float, corrupted: float, clean: float) -> float:
