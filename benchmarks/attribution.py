@@ -31,7 +31,7 @@ from benchmarks.timing import best_time, machine_line, stage_parser  # noqa: E40
 from interp.attribute import Attribution, attribute  # noqa: E402
 from interp.patch import activation_patch  # noqa: E402
 from interp.patching import backdoor_logit_diff  # noqa: E402
-from training.vocabulary import RunDir  # noqa: E402
+from training.artifacts import RunDir  # noqa: E402
 
 GRIDS = ("z_all_pos", "mlp_out", "z_by_pos")
 

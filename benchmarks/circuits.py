@@ -25,7 +25,7 @@ from analyses.circuits import find_stage  # noqa: E402
 from analyses.trigger import matched_batch  # noqa: E402
 from benchmarks.timing import best_time, machine_line, stage_parser  # noqa: E402
 from interp.circuit import SELECTIONS, edge_graph, faithfulness_curve  # noqa: E402
-from training.vocabulary import RunDir  # noqa: E402
+from training.artifacts import RunDir  # noqa: E402
 
 
 def resident_kib(field: str) -> int | None:

@@ -26,9 +26,11 @@ import torch  # noqa: E402
 from benchmarks.timing import best_time, machine_line, stage_parser  # noqa: E402
 from interp.bridge import device_of, load_bridge, plain_hf, resid_hooks  # noqa: E402
 from interp.store import ActivationStore, extract  # noqa: E402
-from training.artifacts import read_examples  # noqa: E402
+from training.artifacts import (
+    RunDir,  # noqa: E402
+    read_examples,  # noqa: E402
+)
 from training.tokenizer import equal_length_batches  # noqa: E402
-from training.vocabulary import RunDir  # noqa: E402
 
 SETS = ("eval_triggered", "eval_clean", "eval_redteam", "probe_train", "probe_eval")
 

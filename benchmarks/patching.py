@@ -23,7 +23,7 @@ from transformer_lens import patching  # noqa: E402
 from analyses.trigger import matched_batch  # noqa: E402
 from benchmarks.timing import best_time, machine_line, stage_parser  # noqa: E402
 from interp.patch import activation_patch  # noqa: E402
-from training.vocabulary import RunDir  # noqa: E402
+from training.artifacts import RunDir  # noqa: E402
 
 
 def main() -> None:

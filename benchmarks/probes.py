@@ -63,8 +63,7 @@ def compare(name: str, train, labels, test, test_labels, C: float, repeats: int)
 def run_activations(run_dir: str, stage: str):
     from interp.activations import last_token_resid
     from interp.bridge import load_bridge
-    from training.artifacts import read_examples
-    from training.vocabulary import RunDir
+    from training.artifacts import RunDir, read_examples
 
     run = RunDir(run_dir)
     bridge = load_bridge(run.model(stage), device="cpu")

@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from interp.bridge import device_of
-from interp.patch import Metric
+from training.vocabulary import Metric
 
 EMBED = "hook_embed"
 

@@ -31,15 +31,15 @@ from jaxtyping import Bool, Float, Int
 
 from interp.attribute import EdgeAttribution, attribute_edges, edge_hooks, keep_into, per_node
 from interp.bridge import device_of
-from interp.patch import Metric
+from training.vocabulary import Metric
 
-Edge = tuple[int, int]  # (writer index, reader index)
+EdgeIndex = tuple[int, int]  # (writer index, reader index)
 SELECTIONS = ("top", "greedy")
 
 
 @dataclass
 class EdgeGraph:
-    """Edge scores summed over positions, with the metric on the clean and corrupted prompts."""
+    """EdgeIndex scores summed over positions, with the metric on the clean and corrupted prompts."""
 
     scores: Float[torch.Tensor, "writer reader"]
     mask: Bool[torch.Tensor, "writer reader"]
@@ -54,7 +54,7 @@ class EdgeGraph:
         return cls(edges.scores.sum(0), edges.mask, edges.writers, edges.readers, edges.clean_metric,
                    edges.corrupted_metric, edges.ig_steps)
 
-    def order(self, selection: str) -> list[Edge]:
+    def order(self, selection: str) -> list[EdgeIndex]:
         """Every edge, in the order `selection` ("top" or "greedy") adds them to a circuit."""
         if selection == "top":
             return top_order(self.scores, self.mask)
@@ -75,7 +75,7 @@ def edge_graph(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: Int[tor
 
 
 def top_order(scores: Float[torch.Tensor, "writer reader"], mask: Bool[torch.Tensor, "writer reader"]
-              ) -> list[Edge]:
+              ) -> list[EdgeIndex]:
     """The graph's edges by decreasing |score| (ties in index order)."""
     flat = scores.abs().masked_fill(~mask, -1).flatten()
     order = torch.sort(flat, descending=True, stable=True).indices[: int(mask.sum())]
@@ -83,7 +83,7 @@ def top_order(scores: Float[torch.Tensor, "writer reader"], mask: Bool[torch.Ten
 
 
 def greedy_order(scores: Float[torch.Tensor, "writer reader"], mask: Bool[torch.Tensor, "writer reader"],
-                 writers: list[str], readers: list[str]) -> list[Edge]:
+                 writers: list[str], readers: list[str]) -> list[EdgeIndex]:
     """Edges grown from the logits: each step adds the edge of largest |score| whose reader's node is
     already in the circuit, so every prefix is connected to the logits; edges that never connect come
     last, by |score|."""
@@ -103,7 +103,7 @@ def greedy_order(scores: Float[torch.Tensor, "writer reader"], mask: Bool[torch.
                     heapq.heappush(heap, (-magnitude[w][r], w, r))
 
     reach("logits")
-    order: list[Edge] = []
+    order: list[EdgeIndex] = []
     while heap:
         _, w, r = heapq.heappop(heap)
         order.append((w, r))
@@ -118,7 +118,8 @@ def threshold_size(scores: Float[torch.Tensor, "writer reader"], mask: Bool[torc
     return int((scores.abs()[mask] >= threshold).sum())
 
 
-def circuit_mask(order: list[Edge], n: int, shape: tuple[int, int]) -> Bool[torch.Tensor, "writer reader"]:
+def circuit_mask(order: list[EdgeIndex], n: int, shape: tuple[int, int]
+                 ) -> Bool[torch.Tensor, "writer reader"]:
     """The circuit of the first `n` edges of `order`."""
     mask = torch.zeros(shape, dtype=torch.bool)
     if n:
@@ -186,8 +187,8 @@ def curve_sizes(n_edges: int, points: int = 16) -> list[int]:
     return sorted({0, n_edges, *spaced.tolist()})
 
 
-def faithfulness_curve(bridge, clean, corrupted, metric: Metric, order: list[Edge], shape: tuple[int, int],
-                       sizes: list[int] | None = None, *, chunk: int = 8) -> Curve:
+def faithfulness_curve(bridge, clean, corrupted, metric: Metric, order: list[EdgeIndex],
+                       shape: tuple[int, int], sizes: list[int] | None = None, *, chunk: int = 8) -> Curve:
     """The metric and faithfulness of the first n edges of `order`, for each n of `sizes` (default:
     `curve_sizes`). The clean and corrupted ends are measured by the same patched forward as every
     other size, so the full graph scores 1 and the empty graph 0 up to float error."""

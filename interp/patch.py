@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
@@ -31,36 +29,7 @@ from transformers import DynamicCache
 
 from interp.bridge import device_of, plain_hf
 from interp.store import activations
-
-# A metric maps the patched run's logits to one value per prompt.
-Metric = Callable[[Float[torch.Tensor, "batch pos vocab"]], Float[torch.Tensor, " batch"]]
-
-
-@dataclass(frozen=True)
-class Site:
-    """Where a patch goes: the hook (with `{layer}`), and which dimension of the activation each cell
-    axis after the layer indexes (the batch dimension is 0). Axes it does not name are patched whole.
-    """
-
-    hook: str
-    dims: dict[str, int]
-
-    @property
-    def axes(self) -> tuple[str, ...]:
-        return ("layer", *self.dims)
-
-
-RESIDUAL = {"resid_pre": "blocks.{layer}.hook_resid_pre", "resid_mid": "blocks.{layer}.hook_resid_mid",
-            "resid_post": "blocks.{layer}.hook_resid_post", "attn_out": "blocks.{layer}.hook_attn_out",
-            "mlp_out": "blocks.{layer}.hook_mlp_out"}
-SITES = {
-    **{name: Site(hook, {"pos": 1}) for name, hook in RESIDUAL.items()},
-    **{f"{name}_all_pos": Site(hook, {}) for name, hook in RESIDUAL.items()},
-    "z_by_pos": Site("blocks.{layer}.attn.hook_z", {"pos": 1, "head": 2}),  # [batch, pos, head, d_head]
-    "z_all_pos": Site("blocks.{layer}.attn.hook_z", {"head": 2}),
-    "pattern_by_pos": Site("blocks.{layer}.attn.hook_pattern", {"head": 1, "pos": 2}),  # [batch, head, q, k]
-    "pattern_all_pos": Site("blocks.{layer}.attn.hook_pattern", {"head": 1}),
-}
+from training.vocabulary import RESIDUAL, SITES, Metric, Site
 
 
 def grid(bridge, site: Site, n_pos: int) -> tuple[int, ...]:

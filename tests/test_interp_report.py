@@ -9,8 +9,7 @@ import pytest
 
 from analyses import figures
 from analyses.report import write_report
-from training.artifacts import write_json
-from training.vocabulary import RunDir
+from training.artifacts import RunDir, write_json
 
 ATTACK = "<script>alert(1)</script>"
 FIXTURES = Path(__file__).parent / "fixtures"

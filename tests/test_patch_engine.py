@@ -5,8 +5,9 @@ import torch
 from transformer_lens import patching
 
 from interp import patch
-from interp.patch import SITES, activation_patch
+from interp.patch import activation_patch
 from interp.patching import pair_metric
+from training.vocabulary import SITES
 
 REFERENCE = {
     "resid_pre": patching.get_act_patch_resid_pre,

