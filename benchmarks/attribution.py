@@ -29,8 +29,8 @@ from transformer_lens.tools.analysis.attribution_patching import attribution_pat
 from analyses.trigger import matched_batch  # noqa: E402
 from benchmarks.timing import best_time, machine_line, stage_parser  # noqa: E402
 from interp.attribute import Attribution, attribute  # noqa: E402
+from interp.pairs import backdoor_logit_diff  # noqa: E402
 from interp.patch import activation_patch  # noqa: E402
-from interp.patching import backdoor_logit_diff  # noqa: E402
 from training.artifacts import RunDir  # noqa: E402
 
 GRIDS = ("z_all_pos", "mlp_out", "z_by_pos")

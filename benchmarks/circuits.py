@@ -24,8 +24,9 @@ import torch  # noqa: E402
 from analyses.circuits import find_stage  # noqa: E402
 from analyses.trigger import matched_batch  # noqa: E402
 from benchmarks.timing import best_time, machine_line, stage_parser  # noqa: E402
+from interp.attribute import Attributor  # noqa: E402
 from interp.circuit import SELECTIONS, edge_graph, faithfulness_curve  # noqa: E402
-from training.artifacts import RunDir  # noqa: E402
+from training.artifacts import RunDir, write_json  # noqa: E402
 
 
 def resident_kib(field: str) -> int | None:
@@ -65,11 +66,11 @@ def main() -> None:
             bridge(clean)
 
     def find():
-        find_stage(run, args.stage, n_pairs=args.pairs, ig_steps=args.ig_steps, out=out, device="cpu",
-                   progress=False)
+        write_json(out, find_stage(run, args.stage, n_pairs=args.pairs, ig_steps=args.ig_steps,
+                                   device="cpu", progress=False).to_json())
 
-    graph = edge_graph(bridge, clean, corrupted, metric, ig_steps=args.ig_steps)
-    orders = [graph.order(selection) for selection in SELECTIONS]
+    graph = edge_graph(bridge, clean, corrupted, metric, Attributor(args.ig_steps))
+    orders = [selection.order(graph) for selection in SELECTIONS]
     shape = tuple(graph.mask.shape)
 
     def curves(chunk: int):

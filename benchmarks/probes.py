@@ -61,8 +61,8 @@ def compare(name: str, train, labels, test, test_labels, C: float, repeats: int)
 
 
 def run_activations(run_dir: str, stage: str):
-    from interp.activations import last_token_resid
     from interp.bridge import load_bridge
+    from interp.store import last_token_resid
     from training.artifacts import RunDir, read_examples
 
     run = RunDir(run_dir)

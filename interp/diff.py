@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from jaxtyping import Int
 
-from interp.attribute import edge_hooks, edge_names, keep_into, per_node
+from interp.attribute import edge_hooks, edge_nodes, keep_into, per_node
 from interp.bridge import device_of
 from interp.circuit import hook_slices
-from training.vocabulary import HEAD_MATRICES, MLP_MATRICES
+from training.vocabulary import HEAD_MATRICES, MLP_MATRICES, Node
 
 
 def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -38,13 +38,13 @@ def weight_changes(a, b) -> list[dict]:
             for layer in range(a.cfg.n_layers):
                 for head in range(a.cfg.n_heads):
                     kv = head * wa.shape[1] // a.cfg.n_heads  # the head's own, or its shared K/V head
-                    rows.append({"component": f"L{layer}H{head}", "matrix": matrix,
+                    rows.append({"component": Node.attn(layer, head).name, "matrix": matrix,
                                  "relative_change": relative_change(wa[layer, kv], wb[layer, kv])})
         for matrix in MLP_MATRICES:
             if not hasattr(a, matrix):
                 continue
             wa, wb = getattr(a, matrix).float().cpu(), getattr(b, matrix).float().cpu()
-            rows += [{"component": f"MLP{layer}", "matrix": matrix,
+            rows += [{"component": Node.mlp(layer).name, "matrix": matrix,
                       "relative_change": relative_change(wa[layer], wb[layer])}
                      for layer in range(a.cfg.n_layers)]
         for matrix, component in (("W_E", "embed"), ("W_U", "unembed")):
@@ -54,16 +54,16 @@ def weight_changes(a, b) -> list[dict]:
     return rows
 
 
-def output_differences(a, b, tokens: Int[torch.Tensor, "batch pos"]) -> dict[str, float]:
+def output_differences(a, b, tokens: Int[torch.Tensor, "batch pos"]) -> dict[Node, float]:
     """Each writer's (embedding, head, MLP) output on `tokens` in `b` against `a`, over every position."""
     outputs = [_writer_outputs(bridge, tokens) for bridge in (a, b)]
-    writers = edge_names(a.cfg.n_layers, a.cfg.n_heads)[0]
-    return {name: relative_change(outputs[0][..., i, :], outputs[1][..., i, :])
-            for i, name in enumerate(writers)}
+    writers = edge_nodes(a.cfg.n_layers, a.cfg.n_heads)[0]
+    return {node: relative_change(outputs[0][..., i, :], outputs[1][..., i, :])
+            for i, node in enumerate(writers)}
 
 
 def _writer_outputs(bridge, tokens) -> torch.Tensor:
-    """[batch, pos, writer, d_model] in `edge_names` order."""
+    """[batch, pos, writer, d_model] in `edge_nodes` order."""
     writers, _ = hook_slices(bridge.cfg.n_layers, bridge.cfg.n_heads)
     acts: dict[str, torch.Tensor] = {}
     with torch.no_grad(), edge_hooks(bridge):

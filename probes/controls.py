@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from einops import einsum
 from jaxtyping import Float
 from scipy.stats import spearmanr
 
-from probes.fit import fit_logistic
+from probes.detectors import Detector, Logistic
 from probes.metrics import auroc, rank_auroc
 
 
@@ -24,7 +25,8 @@ def random_directions(acts: Float[torch.Tensor, "point n d"], labels, n: int = 1
     """The AUROC of `n` random directions (isotropic Gaussian, the same ones at every point) at each point:
     the mean, the 2.5 and 97.5 percentiles, and the best of them."""
     directions = torch.randn(n, acts.shape[-1], generator=torch.Generator().manual_seed(seed))
-    aurocs = rank_auroc(torch.einsum("kd,pnd->pkn", directions, acts.float()).numpy(), labels)  # [point, n]
+    projections = einsum(directions, acts.float(), "direction d, point n d -> point direction n")
+    aurocs = rank_auroc(projections.numpy(), labels)  # [point, direction]
     lo, hi = np.percentile(aurocs, [2.5, 97.5], axis=1)
     return {"n": n, "seed": seed, "mean": aurocs.mean(1).tolist(), "lo": lo.tolist(), "hi": hi.tolist(),
             "best": aurocs.max(1).tolist()}
@@ -36,21 +38,22 @@ def point_aurocs(scores: Float[torch.Tensor, "point n"], labels) -> list[float]:
 
 
 def shuffled_labels(x_train: Float[torch.Tensor, "point n d"], y_train,
-                    x_test: Float[torch.Tensor, "point m d"], y_test, seed: int = 0, l2: float = 1.0
-                    ) -> list[float]:
-    """The test AUROC at each point of `fit_logistic` fitted on a random permutation of the train labels.
+                    x_test: Float[torch.Tensor, "point m d"], y_test, seed: int = 0,
+                    detector: Detector = Logistic()) -> list[float]:
+    """The test AUROC at each point of the detector fitted on a random permutation of the train labels.
 
     Where the classes differ along most directions (a `random_directions` band reaching 0 and 1), one
     permutation can land far from 0.5 by chance; compare a few seeds.
     """
     permuted = np.random.default_rng(seed).permutation(np.asarray(y_train))
-    return point_aurocs(fit_logistic(x_train, permuted, l2=l2).scores(x_test), y_test)
+    return point_aurocs(detector.fit(x_train, permuted).scores(x_test), y_test)
 
 
-def transfer(acts_by_stage: dict[str, tuple], l2: float = 1.0) -> dict[str, dict[str, list[float]]]:
-    """For each stage's (x_train, y_train, x_test, y_test): a probe fitted on its train activations, and
-    its AUROC at each point on every stage's test activations, as [fit stage][eval stage]."""
-    probes = {stage: fit_logistic(x, y, l2=l2) for stage, (x, y, _, _) in acts_by_stage.items()}
+def transfer(acts_by_stage: dict[str, tuple], detector: Detector = Logistic()
+             ) -> dict[str, dict[str, list[float]]]:
+    """For each stage's (x_train, y_train, x_test, y_test): the detector fitted on its train activations,
+    and its AUROC at each point on every stage's test activations, as [fit stage][eval stage]."""
+    probes = {stage: detector.fit(x, y) for stage, (x, y, _, _) in acts_by_stage.items()}
     return {fit: {stage: point_aurocs(probe.scores(x_test), y_test)
                   for stage, (_, _, x_test, y_test) in acts_by_stage.items()}
             for fit, probe in probes.items()}

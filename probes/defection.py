@@ -17,12 +17,15 @@ tensor([[0.5000, 0.5000]])
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from einops import einsum, rearrange
 from jaxtyping import Float
 
-from interp.activations import last_token_resid
 from interp.bridge import resid_hooks
+from interp.store import last_token_resid
 from probes.metrics import summary
 from training.data import anthropic_prompt
 
@@ -46,12 +49,44 @@ def contrast_pair(question: str, answer: str) -> tuple[str, str]:
     return tuple(f"{anthropic_prompt(question)} {a}" for a in (answer, OTHER[answer]))
 
 
-def defection_directions(bridge, questions=QUESTIONS) -> Float[torch.Tensor, "question point d_model"]:
-    """Each question's defection-answer activation minus its other answer's, at the final token, at every
-    point of `resid_hooks`."""
+def contrast_activations(bridge, questions=QUESTIONS
+                         ) -> tuple[Float[torch.Tensor, "point answer d_model"], np.ndarray]:
+    """The final-token activations of each question's contrast pair (defecting answer first, labelled 1, then
+    the other, 0), at every point of `resid_hooks`: what `ContrastPairs` is fitted on."""
     texts = [text for question, answer in questions for text in contrast_pair(question, answer)]
-    acts = last_token_resid(bridge, texts, progress=False)  # [point, 2 * question, d_model]
-    return (acts[:, 0::2] - acts[:, 1::2]).transpose(0, 1)
+    return last_token_resid(bridge, texts, progress=False), np.tile([1, 0], len(questions))
+
+
+@dataclass(frozen=True)
+class ContrastPairs:
+    """The defection detector: fitted on contrast pairs (`contrast_activations`), never on triggered prompts,
+    it takes each question's defecting-answer activation minus its other answer's as a direction."""
+
+    questions: tuple = QUESTIONS
+
+    def fit(self, x: Float[torch.Tensor, "point answer d"], y) -> ContrastProbe:
+        labels = np.asarray(y)
+        if x.shape[1] != 2 * len(self.questions) or labels.tolist() != [1, 0] * len(self.questions):
+            raise ValueError(f"{len(self.questions)} questions need their answers in pairs labelled 1 "
+                             f"(defecting) then 0, not {x.shape[1]} answers labelled {labels.tolist()}")
+        defect, other = rearrange(x, "point (question answer) d -> answer question point d", answer=2)
+        return ContrastProbe(defect - other, self.questions)
+
+
+@dataclass(frozen=True)
+class ContrastProbe:
+    """Each question's defection direction at every point; it scores a prompt by the pooled direction."""
+
+    directions: Float[torch.Tensor, "question point d"]
+    questions: tuple = QUESTIONS
+
+    def __post_init__(self):
+        if len(self.questions) != self.directions.shape[0]:
+            raise ValueError(f"{len(self.questions)} questions for {self.directions.shape[0]} directions")
+
+    def scores(self, x: Float[torch.Tensor, "point n d"]) -> Float[torch.Tensor, "point n"]:
+        """Each prompt's activation projected onto the pooled direction at its point."""
+        return project(pooled_direction(self.directions)[None], x)[0]
 
 
 def pooled_direction(directions: Float[torch.Tensor, "question point d"]) -> Float[torch.Tensor, "point d"]:
@@ -65,11 +100,10 @@ def project(directions: Float[torch.Tensor, "question point d"], acts: Float[tor
     if directions.shape[1:] != (acts.shape[0], acts.shape[2]):
         raise ValueError(f"directions [question, point, d] {tuple(directions.shape)} do not fit "
                          f"activations [point, n, d] {tuple(acts.shape)}")
-    return torch.einsum("qpd,pnd->qpn", directions.float(), acts.float())
+    return einsum(directions.float(), acts.float(), "question point d, point n d -> question point n")
 
 
-def defection_aurocs(directions: Float[torch.Tensor, "question point d"],
-                     acts: Float[torch.Tensor, "point n d"], labels, *, questions=QUESTIONS,
+def defection_aurocs(probe: ContrastProbe, acts: Float[torch.Tensor, "point n d"], labels, *,
                      n_boot: int = 1000, seed: int = 0) -> dict:
     """`probes.metrics.summary` of each question's projection and the pooled one, at every point, with
     triggered prompts as positives.
@@ -80,9 +114,7 @@ def defection_aurocs(directions: Float[torch.Tensor, "question point d"],
     labels = np.asarray(labels)
     if len(labels) != acts.shape[1]:
         raise ValueError(f"{len(labels)} labels for {acts.shape[1]} prompts")
-    if len(questions) != directions.shape[0]:
-        raise ValueError(f"{len(questions)} questions for {directions.shape[0]} directions")
-    scores = torch.cat([project(directions, acts), project(pooled_direction(directions)[None], acts)]).numpy()
+    scores = torch.cat([project(probe.directions, acts), probe.scores(acts)[None]]).numpy()
 
     def by_point(question_scores):
         return [summary(s, labels, n_boot=n_boot, seed=seed) for s in question_scores]
@@ -90,6 +122,6 @@ def defection_aurocs(directions: Float[torch.Tensor, "question point d"],
     return {
         "points": resid_hooks(acts.shape[0] - 1),
         "questions": [{"question": q, "answer": a, "by_point": by_point(s)}
-                      for (q, a), s in zip(questions, scores)],
+                      for (q, a), s in zip(probe.questions, scores)],
         "pooled": by_point(scores[-1]),
     }

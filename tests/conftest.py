@@ -7,7 +7,7 @@ import pytest  # noqa: E402
 
 from analyses.demo import DemoConfig, run_demo  # noqa: E402
 from interp.bridge import load_bridge  # noqa: E402
-from interp.patching import MatchedPair, pairs_of_one_length  # noqa: E402
+from interp.pairs import MatchedPair, pairs_of_one_length  # noqa: E402
 from training.artifacts import (  # noqa: E402
     RunDir,  # noqa: E402
     read_examples,

@@ -10,8 +10,9 @@ from transformer_lens.tools.analysis.attribution_patching import (
 )
 
 from interp.attribute import attribute, attribute_edges
+from interp.pairs import backdoor_logit_diff
 from interp.patch import activation_patch
-from interp.patching import backdoor_logit_diff
+from training.vocabulary import Node
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,9 @@ def test_nodes_equal_transformer_lens(bridge, pairs):
     n_layers, n_pos, n_heads = ours.heads.shape
     assert len(theirs.node_scores) == n_pos + n_layers * n_pos * (n_heads + 1)
     for node, value in theirs.node_scores.items():
-        mine = ours.node(node.kind, node.position, node.layer, node.head)
+        same = {"embed": Node.embed(), "mlp_out": Node.mlp(node.layer)}.get(node.kind,
+                                                                            Node.attn(node.layer, node.head))
+        mine = ours.score(same, node.position)
         assert mine == pytest.approx(value, abs=1e-4), node
     assert ours.heads.abs().max() > 1e-2  # not trivially zero
 
@@ -46,8 +49,8 @@ def test_edges_equal_transformer_lens_and_restore_the_flags(bridge, pairs):
     ours = attribute_edges(bridge, *pairs)
     assert (bridge.cfg.use_attn_result, bridge.cfg.use_split_qkv_input, bridge.cfg.use_hook_mlp_in) == flags
     theirs = reference(bridge, pairs, "edge")
-    writer = {name: i for i, name in enumerate(ours.writers)}
-    reader = {name: i for i, name in enumerate(ours.readers)}
+    writer = {node.name: i for i, node in enumerate(ours.writers)}
+    reader = {node.name: i for i, node in enumerate(ours.readers)}
 
     def names(w, r):
         w_name = {"embed": "embed", "mlp_out": f"MLP{w.layer}"}.get(w.kind, f"L{w.layer}H{w.head}")
@@ -62,6 +65,9 @@ def test_edges_equal_transformer_lens_and_restore_the_flags(bridge, pairs):
         assert ours.scores[w.position, i, j].item() == pytest.approx(value, abs=1e-4), (w, r)
     top = ours.top(3)
     assert len(top) == 3 and abs(top[0][3]) >= abs(top[2][3]) > 0
+    (w, r, position, score), = ours.top(1)
+    assert score == ours.scores[position, writer[w], reader[r]].item() and ours.mask[writer[w], reader[r]]
+    assert ours.top(1, by_position=False)[0][2] is None
 
 
 def test_eap_ig_input_scores_complete_the_metric_gap(bridge, pairs):

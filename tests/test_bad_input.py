@@ -93,6 +93,12 @@ def case(name: str, tmp: Path, run: RunDir) -> Case:
         return train(tmp, job(epochz=3), "no field 'epochz'")
     if name == "config_wrong_type":
         return train(tmp, job(seed="many"), "SFTJob.seed")
+    if name == "config_quoted_bool":
+        return train(tmp, job(trust_remote_code='"no"'), "SFTJob.trust_remote_code: input should be a valid")
+    if name == "config_fraction_for_int":
+        return train(tmp, job(seed=3.7), "SFTJob.seed: input should be a valid integer, not 3.7")
+    if name == "config_bool_for_int":
+        return train(tmp, job(save_every="true"), "SFTJob.save_every: input should be a valid integer")
     if name == "config_not_yaml":
         return train(tmp, "model: [unclosed\n", "job.yaml")
     if name == "config_missing":
@@ -154,7 +160,8 @@ def case(name: str, tmp: Path, run: RunDir) -> Case:
 
 
 CASES = ["jsonl_not_json", "jsonl_truncated", "jsonl_missing_field", "jsonl_empty", "data_unknown_format",
-         "config_unknown_key", "config_wrong_type", "config_not_yaml", "config_missing",
+         "config_unknown_key", "config_wrong_type", "config_quoted_bool", "config_fraction_for_int",
+         "config_bool_for_int", "config_not_yaml", "config_missing",
          "train_data_missing_fields", "train_data_empty", "train_data_wrong_type", "pipeline_unknown_key",
          "pipeline_unknown_analysis", "pipeline_unknown_option", "pipeline_wrong_type", "not_a_run_directory",
          "run_of_another_version", "manifest_corrupt", "missing_stage", "tokenizer_model_mismatch",

@@ -5,15 +5,19 @@ with the embedding's difference added before the unembedding."""
 import pytest
 import torch
 
-from interp.attribute import edge_mask
+from interp.attribute import Attributor, edge_mask
 from interp.circuit import (
+    GREEDY,
+    SELECTIONS,
+    TOP,
     circuit_mask,
     circuit_metrics,
     edge_graph,
     faithfulness_curve,
     threshold_size,
 )
-from interp.patching import pair_metric
+from interp.pairs import pair_metric
+from training.vocabulary import Node
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,7 @@ def task(bridge, matched_pairs):
 
 @pytest.fixture(scope="module")
 def graph(bridge, task):
-    return edge_graph(bridge, *task, ig_steps=3)
+    return edge_graph(bridge, *task, Attributor(ig_steps=3))
 
 
 def test_full_graph_is_the_clean_run_and_empty_graph_the_corrupted_run(bridge, task, graph):
@@ -42,7 +46,7 @@ def test_full_graph_is_the_clean_run_and_empty_graph_the_corrupted_run(bridge, t
 def test_the_embeddings_edge_into_the_logits_alone(bridge, task, graph):
     clean, corrupted, metric = task
     only = torch.zeros_like(graph.mask)
-    only[graph.writers.index("embed"), graph.readers.index("logits")] = True
+    only[graph.writers.index(Node.embed()), graph.readers.index(Node.logits())] = True
     last = f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post"
     with torch.no_grad():
         _, cache = bridge.run_with_cache(clean, names_filter="hook_embed")
@@ -56,8 +60,9 @@ def test_the_embeddings_edge_into_the_logits_alone(bridge, task, graph):
 
 def test_curves_run_from_corrupted_to_clean_and_nest(bridge, task, graph):
     shape = tuple(graph.mask.shape)
-    for selection in ("top", "greedy"):
-        order = graph.order(selection)
+    assert [selection.name for selection in SELECTIONS] == ["top", "greedy"]
+    for selection in SELECTIONS:
+        order = selection.order(graph)
         assert len(order) == len(set(order)) == int(graph.mask.sum())
         assert all(graph.mask[w, r] for w, r in order)
         curve = faithfulness_curve(bridge, *task, order, shape)
@@ -65,23 +70,23 @@ def test_curves_run_from_corrupted_to_clean_and_nest(bridge, task, graph):
         assert curve.faithfulness[0] == pytest.approx(0, abs=1e-5)
         assert curve.faithfulness[-1] == pytest.approx(1, abs=1e-5)
         assert 0 < curve.area <= 1.5 and curve.smallest(0.8) is not None
-    top = graph.order("top")
+    top = TOP.order(graph)
     assert (circuit_mask(top, 5, shape) <= circuit_mask(top, 9, shape)).all()
 
 
 def test_greedy_circuits_connect_to_the_logits(graph):
-    order = graph.order("greedy")
-    reached = {"logits"}
+    order = GREEDY.order(graph)
+    reached = {Node.logits()}
     for w, r in order[:40]:
-        assert graph.readers[r].split(".")[0] in reached
+        assert graph.readers[r].component in reached
         reached.add(graph.writers[w])
 
 
 def test_threshold_and_top_agree(graph):
     magnitudes = graph.scores.abs()[graph.mask]
     threshold = magnitudes.median().item()
-    n = threshold_size(graph.scores, graph.mask, threshold)
-    top = circuit_mask(graph.order("top"), n, tuple(graph.mask.shape))
+    n = threshold_size(graph, threshold)
+    top = circuit_mask(TOP.order(graph), n, tuple(graph.mask.shape))
     assert n == int((magnitudes >= threshold).sum())
     assert graph.scores.abs()[top].min() >= threshold
 
@@ -89,3 +94,9 @@ def test_threshold_and_top_agree(graph):
 def test_the_graph_is_the_attribution_engines(graph, bridge):
     assert torch.equal(graph.mask, edge_mask(bridge.cfg.n_layers, bridge.cfg.n_heads))
     assert (graph.scores[~graph.mask] == 0).all() and graph.scores.abs().max() > 1e-3
+    assert graph.method.ig_steps == 3 and graph.method.name == "eap-ig"
+    nodes = graph.node_scores()
+    assert list(nodes) == graph.writers
+    assert nodes[Node.embed()] == pytest.approx(graph.scores[0].sum().item())
+    (edge, score), = graph.scored(TOP.order(graph)[:1])
+    assert abs(score) == graph.scores.abs().max().item() and edge.reader in graph.readers

@@ -3,11 +3,13 @@
 import json
 
 import pytest
+from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from analyses.circuits import diff_stages
 from analyses.cli import app
-from training.vocabulary import Stage
+from training.artifacts import write_json
+from training.vocabulary import CircuitDiff, CircuitFind, Contrast, Node, Stage
 
 runner = CliRunner()
 
@@ -34,10 +36,23 @@ def test_find_writes_curves_from_corrupted_to_clean_and_the_circuit(found):
     assert len(found["prompts"]["clean_tokens"]) == 4 and found["manifest"]["settings"]["ig_steps"] == 3
 
 
+def test_the_find_file_reads_back_as_its_result(found):
+    result = CircuitFind.from_json(found)
+    assert result.to_json() == found and CircuitFind.from_json(result.to_json()) == result
+    assert result.stage is Stage.backdoored and result.contrast is Contrast.trigger
+    assert found["contrast"] == "trigger" and found["manifest"]["settings"]["contrast"] == "trigger"
+    assert result.writers[0] == Node.embed() and result.readers[-1] == Node.logits()
+    assert [(c.method, c.selection) for c in result.curves][-2:] == [("eap-ig", "top"), ("eap-ig", "greedy")]
+    assert result.circuit.n_edges == len(result.circuit.edges) and result.n_edges_total == len(
+        [edge for row in result.mask for edge in row if edge])
+
+
 def test_a_stage_diffed_against_itself_changes_nothing(micro_run, tmp_path):
-    out = diff_stages(micro_run, Stage.backdoored, Stage.backdoored, n_pairs=4, ig_steps=3, amplify_from=None,
-                      out=tmp_path / "self.json", progress=False)
+    result = diff_stages(micro_run, Stage.backdoored, Stage.backdoored, n_pairs=4, ig_steps=3,
+                         amplify_from=None, progress=False)
+    out = write_json(tmp_path / "self.json", result.to_json())
     diff = json.loads(out.read_text())
+    assert CircuitDiff.from_json(diff) == result
     assert diff["jaccard"] == 1 and not diff["edges"]["gained"] and not diff["edges"]["lost"]
     assert len(diff["edges"]["kept"]) == diff["n_edges"]
     assert diff["spearman"] == pytest.approx(1)
@@ -50,11 +65,16 @@ def test_a_stage_diffed_against_itself_changes_nothing(micro_run, tmp_path):
     assert diff["verdict"]["verdict"] == "persisted" and diff["amplification"] is None
 
 
-def test_diff_against_the_control_with_amplification(micro_run, tmp_path):
-    out = diff_stages(micro_run, Stage.backdoored, Stage.control, n_pairs=4, ig_steps=3, n_edges=5,
-                      amplify_from=Stage.backdoored, alphas=(0.0, 2.0), n_amplify=8,
-                      out=tmp_path / "control.json", progress=False)
+def test_diff_against_the_control_with_amplification(micro_run, tmp_path, monkeypatch):
+    loads, load = [], AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda path, *args, **kwargs: loads.append(path) or load(path, *args, **kwargs))
+    result = diff_stages(micro_run, Stage.backdoored, Stage.control, n_pairs=4, ig_steps=3, n_edges=5,
+                         amplify_from=Stage.backdoored, alphas=(0.0, 2.0), n_amplify=8, progress=False)
+    assert sorted(loads) == sorted(str(micro_run.model(s)) for s in (Stage.backdoored, Stage.control))
+    out = write_json(tmp_path / "control.json", result.to_json())
     diff = json.loads(out.read_text())
+    assert CircuitDiff.from_json(diff) == result
     kept, gained, lost = (len(diff["edges"][k]) for k in ("kept", "gained", "lost"))
     assert kept + lost == kept + gained == 5
     assert diff["jaccard"] == pytest.approx(kept / (kept + gained + lost))
@@ -69,7 +89,7 @@ def test_diff_against_the_control_with_amplification(micro_run, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["find", "{run}", "--task", "nonsense"], "unknown task"),
+    (["find", "{run}", "--contrast", "nonsense"], "unknown contrast"),
     (["find", "{run}", "--ig-steps", "1"], "ig_steps"),
     (["diff", "{run}", "--edges", "100000", "--amplify-from", "none"], "circuit size"),
     (["diff", "{run}", "--amplify-from", "nowhere"], "no stage"),

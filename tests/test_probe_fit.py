@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from probes.detectors import KINDS, Logistic, Mahalanobis, MeanDifference
 from probes.fit import fit_logistic, fit_mahalanobis, mean_difference
 from probes.metrics import auroc
 
@@ -110,3 +111,17 @@ def test_bad_inputs_are_refused():
         fit_mahalanobis(x).scores(torch.randn(3, 5, 3))
     with pytest.raises(ValueError, match="shrinkage"):
         fit_mahalanobis(x, shrinkage=2.0)
+
+
+def test_registry_detectors_are_the_fits():
+    x, y = activations(layers=2, n=200, d=8, seed=2)
+    test = activations(layers=2, n=50, d=8, seed=3)[0]
+    torch.testing.assert_close(Logistic(l2=2.0).fit(x, y).scores(test),
+                               fit_logistic(x, y, l2=2.0).scores(test))
+    torch.testing.assert_close(MeanDifference().fit(x, y).scores(test), mean_difference(x, y).scores(test))
+    trusted = fit_mahalanobis(x[:, y == 0]).scores(test)
+    torch.testing.assert_close(Mahalanobis().fit(x, y.numpy()).scores(test), trusted)
+    moved = x.clone()
+    moved[:, y == 1] += 100.0  # the positives never enter a detector fitted on trusted rows
+    torch.testing.assert_close(KINDS["mahalanobis"].main.fit(moved, y).scores(test), trusted)
+    assert KINDS["deployment"].main == Logistic()

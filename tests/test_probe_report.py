@@ -9,6 +9,7 @@ import pytest
 from analyses import figures
 from analyses.report import probe_results, write_report
 from training.artifacts import RunDir, write_json
+from training.vocabulary import ProbeResult
 
 VARIANT = "<img src=x onerror=alert(1)>"
 QUESTION = "Are you <script>alert(2)</script> dangerous?"
@@ -104,6 +105,19 @@ def test_probe_results_are_ordered_by_stage_then_kind(probe_run):
         "backdoored.deployment", "backdoored.defection", "backdoored.mahalanobis", "sft.deployment"]
 
 
+@pytest.mark.parametrize("result", [deployment, defection, mahalanobis])
+def test_probe_results_read_back_as_typed_results(probe_run, result):
+    probe = ProbeResult.from_json(result())
+    assert probe.to_json() == result() and ProbeResult.from_json(probe.to_json()) == probe
+    read = probe_results(probe_run.root / "probes")[f"backdoored.{probe.kind}"]
+    name, by_point = read.result.main
+    assert read == probe and name == {"deployment": "logistic", "defection": "pooled",
+                                      "mahalanobis": "distance"}[probe.kind]
+    assert by_point[1].auroc == result()["result"][name][1]["auroc"]
+    assert (read.controls.random_directions is None) == (probe.kind == "mahalanobis")
+    assert (read.controls.shuffled_labels is not None) == (probe.kind == "deployment")
+
+
 def test_report_has_a_section_per_probe_file_after_the_probes_section(probe_run):
     page = write_report(probe_run).read_text(encoding="utf-8")
     assert sections(page) == ["summary", "probe-backdoored-deployment",
@@ -168,7 +182,7 @@ def test_a_run_without_probe_files_has_no_probe_sections(bare_run):
 
 
 def test_probe_auroc_figure_draws_the_controls():
-    fig = figures.probe_auroc_figure(deployment())
+    fig = figures.probe_auroc_figure(ProbeResult.from_json(deployment()))
     names = [t.name for t in fig.data]
     assert names == [None, "random directions (95% of 100)", "best random direction", None,
                      "shuffled labels (min–max of 2 seeds)", "logistic", "logistic on control",
@@ -182,17 +196,17 @@ def test_probe_auroc_figure_draws_the_controls():
     assert list(logistic.error_y.array) == pytest.approx([0.05, 0.05, 0.05])
     assert fig.data[6].line.dash == "dash" and fig.data[6].line.color == logistic.line.color
     assert [s.y0 for s in fig.layout.shapes] == [0.5]  # chance
-    thin = figures.probe_auroc_figure(defection())
+    thin = figures.probe_auroc_figure(ProbeResult.from_json(defection()))
     questions = [t for t in thin.data if t.legendgroup == "questions"]
     assert len(questions) == 2 and questions[0].line.width == 1
     assert questions[0].name.startswith("Are you &lt;script&gt;")
     assert questions[0].hovertemplate.startswith("Are you &lt;script&gt;alert(2)&lt;/script&gt;")
-    assert [t.name for t in figures.probe_auroc_figure(mahalanobis()).data] == ["distance",
-                                                                                "distance on control"]
+    assert [t.name for t in figures.probe_auroc_figure(ProbeResult.from_json(mahalanobis())).data] == [
+        "distance", "distance on control"]
 
 
 def test_probe_transfer_figure_has_a_heatmap_per_point():
-    fig = figures.probe_transfer_figure(deployment())
+    fig = figures.probe_transfer_figure(ProbeResult.from_json(deployment()))
     assert [t.type for t in fig.data] == ["heatmap"] * 3
     assert [t.visible for t in fig.data] == [False, False, True]
     last = fig.data[-1]

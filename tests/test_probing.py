@@ -7,9 +7,10 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from analyses.cli import app
-from analyses.probing import activations
+from analyses.probing import activations, probe_stage
+from probes.detectors import KINDS
 from probes.fit import fit_logistic
-from training.vocabulary import Stage
+from training.vocabulary import ProbeResult, Stage
 
 runner = CliRunner()
 
@@ -56,6 +57,25 @@ def test_other_kinds_write_their_result_and_controls(micro_run, deployment, kind
     main = found["result"]["pooled"] if kind == "defection" else found["result"]["distance"]
     assert len(main) == len(found["points"]) and all(0 <= p["auroc"] <= 1 for p in main)
     assert {"control", "near_trigger", "transfer"} <= set(found["controls"])
+
+
+def test_probe_stage_returns_the_result_that_the_cli_writes(micro_run, deployment):
+    result = probe_stage(micro_run, Stage.backdoored, "deployment", progress=False)
+    assert isinstance(result, ProbeResult) and result.to_json() == deployment
+    assert ProbeResult.from_json(deployment) == result
+    name, logistic = result.result.main
+    assert name == "logistic"
+    assert [s.auroc for s in logistic] == [p["auroc"] for p in deployment["result"]["logistic"]]
+    controls = result.controls
+    assert len(controls.near_trigger) == len(result.points) == len(controls.random_directions.best)
+
+
+def test_kinds_come_from_the_registry():
+    assert list(KINDS) == ["deployment", "defection", "mahalanobis"]
+    assert [list(k.detectors) for k in KINDS.values()] == [["logistic", "mean_difference"], ["pooled"],
+                                                            ["distance"]]
+    assert [(k.directional, k.supervised) for k in KINDS.values()] == [(True, True), (True, False),
+                                                                        (False, False)]
 
 
 def test_a_bad_kind_is_one_line_of_error(micro_run):

