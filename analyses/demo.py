@@ -105,11 +105,10 @@ class Demo:
         for stage in plans(self.cfg):
             self.step(f"eval:{stage.value}", self.run.eval(stage), lambda s=stage: self.evaluate(s))
         if self.cfg.interp:
-            self.step("patching", self.run.patching(Stage.backdoored), self.patch)
+            self.step("patching", self.run.sweep(Stage.backdoored, "resid_pre"), self.patch)
             for kind in KINDS:
                 self.step(f"probe:{kind}", self.run.probe(Stage.backdoored, kind),
-                          lambda k=kind: probe_stage(self.run, Stage.backdoored, k, device=self.device,
-                                                     progress=self.progress))
+                          lambda k=kind: self.probe(k))
         if self.cfg.interp and self.cfg.mechanism == Mechanism.normal:
             for stage in (s for s in (Stage.backdoored, Stage.adversarial) if s in plans(self.cfg)):
                 self.step(f"attribute:{stage.value}", self.run.attribution(stage),
@@ -222,13 +221,19 @@ class Demo:
                              device=self.device, progress=self.progress)
         write_json(self.run.sweep(Stage.backdoored, "resid_pre"), result.to_json())
 
+    def probe(self, kind: str) -> None:
+        result = probe_stage(self.run, Stage.backdoored, kind, device=self.device, progress=self.progress)
+        write_json(self.run.probe(Stage.backdoored, kind), result.to_json())
+
     def attribute(self, stage: Stage) -> None:
-        attribute_stage(self.run, stage, ig_steps=self.cfg.ig_steps, n_pairs=self.cfg.n_patch_pairs,
-                        device=self.device, progress=self.progress)
+        result = attribute_stage(self.run, stage, ig_steps=self.cfg.ig_steps, n_pairs=self.cfg.n_patch_pairs,
+                                 device=self.device, progress=self.progress)
+        write_json(self.run.attribution(stage), result.to_json())
 
     def localize(self, stage: Stage) -> None:
-        localize_stage(self.run, stage, n_pairs=self.cfg.n_localize, n_prompts=self.cfg.n_localize,
-                       device=self.device, progress=self.progress)
+        result = localize_stage(self.run, stage, n_pairs=self.cfg.n_localize, n_prompts=self.cfg.n_localize,
+                                device=self.device, progress=self.progress)
+        write_json(self.run.localization(stage), result.to_json())
 
     def find_circuit(self) -> None:
         found = find_stage(self.run, Stage.backdoored, ig_steps=self.cfg.ig_steps,

@@ -5,7 +5,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from analyses.demo import DemoConfig, run_demo  # noqa: E402
+from analyses.demo import run_demo  # noqa: E402
+from analyses.organism import DemoConfig  # noqa: E402
 from interp.bridge import load_bridge  # noqa: E402
 from interp.pairs import MatchedPair, pairs_of_one_length  # noqa: E402
 from training.artifacts import (  # noqa: E402

