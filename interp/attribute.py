@@ -8,15 +8,9 @@ sum at alpha = k / ig_steps, k = 0 … ig_steps - 1, so `ig_steps=1` is plain at
 the input's scores sum to metric(clean) - metric(corrupted) as the steps grow.
 
 Nodes are the embedding, each head's `hook_z`, each MLP's output and its neurons (`mlp.hook_post`).
-Edges go from a writer into the residual stream (embedding, a head's `hook_result`, an MLP's output)
-to a later reader of it at the same position (a head's q, k or v input, an MLP's input, the logits):
-
->>> [[node.name for node in nodes] for nodes in edge_nodes(n_layers=1, n_heads=1)]
-[['embed', 'L0H0', 'MLP0'], ['L0H0.q', 'L0H0.k', 'L0H0.v', 'MLP0', 'logits']]
->>> edge_mask(n_layers=1, n_heads=1).int()
-tensor([[1, 1, 1, 1, 1],
-        [0, 0, 0, 1, 1],
-        [0, 0, 0, 0, 1]], dtype=torch.int32)
+Edges go from a writer into the residual stream to a later reader of it at the same position, as the
+model's `interp.graph.ResidualGraph` defines them (grouped key-value heads, parallel blocks and
+normalised attention outputs included).
 """
 
 from __future__ import annotations
@@ -30,6 +24,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from interp.bridge import device_of
+from interp.graph import ResidualGraph, edge_hooks, per_node, post_norm_gains, writes
 from training.vocabulary import Edge, Metric, Node
 
 EMBED = "hook_embed"
@@ -130,12 +125,13 @@ def attribute(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: Int[torc
                     ("blocks.{}.attn.hook_z", "blocks.{}.hook_mlp_out", "blocks.{}.mlp.hook_post"))
     names = [EMBED, *z, *mlp, *post]
     run = _integrate(bridge, clean, corrupted, metric, names, names, ig_steps, chunk)
-    score = {name: (run.delta[name] * run.grad[name]).sum(-1).mean(0) for name in names}
+    delta = {name: run.clean[name] - run.corrupted[name] for name in names}
+    score = {name: (delta[name] * run.grad[name]).sum(-1).mean(0) for name in names}
     return Attribution(
         embed=score[EMBED],
         heads=torch.stack([score[name] for name in z]),
         mlp=torch.stack([score[name] for name in mlp]),
-        neurons=torch.stack([run.delta[name].mul(run.grad[name]).mean(0) for name in post]),
+        neurons=torch.stack([delta[name].mul(run.grad[name]).mean(0) for name in post]),
         clean_metric=run.clean_metric, corrupted_metric=run.corrupted_metric, ig_steps=ig_steps)
 
 
@@ -160,56 +156,25 @@ def attribute_edges(bridge, clean: Int[torch.Tensor, "batch pos"],
     >>> torch.allclose(edges.scores[:, 0].sum(-1), nodes.embed, atol=1e-6)
     True
     """
-    cfg = bridge.cfg
-    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-        raise ValueError("edge attribution needs one key and value head per query head (no GQA/MQA)")
-    if getattr(cfg, "parallel_attn_mlp", False):
-        raise ValueError("edge attribution assumes each MLP reads its own layer's attention output")
-    n_layers, n_heads = cfg.n_layers, cfg.n_heads
-    writers = [EMBED] + [name.format(layer) for layer in range(n_layers)
-                         for name in ("blocks.{}.attn.hook_result", "blocks.{}.hook_mlp_out")]
-    readers = [name.format(layer) for layer in range(n_layers)
-               for name in ("blocks.{}.attn.hook_q_input", "blocks.{}.attn.hook_k_input",
-                            "blocks.{}.attn.hook_v_input", "blocks.{}.hook_mlp_in")]
-    readers.append(f"blocks.{n_layers - 1}.hook_resid_post")
+    graph = ResidualGraph.of(bridge)
+    gains = post_norm_gains(bridge, graph)
+    writer_names = graph.kept_hooks()
+    reader_names = [name for name, _ in graph.reader_hooks()]
     with edge_hooks(bridge):
-        run = _integrate(bridge, clean, corrupted, metric, writers, readers, ig_steps, chunk)
-    # One row per writer and per reader in `edge_nodes` order: [batch, pos, node, d_model].
-    delta = torch.cat([per_node(run.delta[name]) for name in writers], dim=2)
-    grad = torch.cat([per_node(run.grad[name]) for name in readers], dim=2)
-    mask = edge_mask(n_layers, n_heads)
+        run = _integrate(bridge, clean, corrupted, metric, writer_names, reader_names, ig_steps, chunk)
+    # One row per writer and per reader in graph order: [batch, pos, node, d_model].
+    delta = writes(graph, run.clean, gains) - writes(graph, run.corrupted, gains)
+    grad = torch.cat([per_node(run.grad[name]) for name in reader_names], dim=2)
     scores = einops.einsum(delta, grad, "batch pos writer d, batch pos reader d -> pos writer reader")
-    return EdgeAttribution((scores / len(delta)).masked_fill(~mask, 0), mask, *edge_nodes(n_layers, n_heads),
-                           clean_metric=run.clean_metric, corrupted_metric=run.corrupted_metric,
-                           ig_steps=ig_steps)
-
-
-def edge_nodes(n_layers: int, n_heads: int) -> tuple[list[Node], list[Node]]:
-    """The writers and the readers, in the order of `EdgeAttribution.scores`' last two axes."""
-    writers, readers = [Node.embed()], []
-    for layer in range(n_layers):
-        writers += [*(Node.attn(layer, head) for head in range(n_heads)), Node.mlp(layer)]
-        readers += [Node.attn(layer, head, port) for port in "qkv" for head in range(n_heads)]
-        readers.append(Node.mlp(layer))
-    return writers, [*readers, Node.logits()]
-
-
-def edge_mask(n_layers: int, n_heads: int) -> Bool[torch.Tensor, "writer reader"]:
-    """Which writer feeds which reader: a reader sees every writer of an earlier layer, and an MLP
-    also its own layer's heads."""
-    def writer_order(layer: int, is_mlp: bool) -> int:  # 2 × layer, +1 for the MLP
-        return 2 * layer + is_mlp
-
-    writers = [-1] + [writer_order(layer, is_mlp) for layer in range(n_layers)
-                      for is_mlp in [False] * n_heads + [True]]
-    readers = [writer_order(layer, is_mlp) for layer in range(n_layers)
-               for is_mlp in [False] * 3 * n_heads + [True]] + [2 * n_layers]
-    return torch.tensor(writers)[:, None] < torch.tensor(readers)[None, :]
+    return EdgeAttribution((scores / len(delta)).masked_fill(~graph.mask, 0), graph.mask, graph.writers,
+                           graph.readers, clean_metric=run.clean_metric,
+                           corrupted_metric=run.corrupted_metric, ig_steps=ig_steps)
 
 
 @dataclass
 class _Run:
-    delta: dict[str, torch.Tensor]  # clean minus corrupted activation, [batch, ...]
+    clean: dict[str, torch.Tensor]  # activations, [batch, ...]
+    corrupted: dict[str, torch.Tensor]
     grad: dict[str, torch.Tensor]  # the metric's gradient, averaged over the steps, [batch, ...]
     clean_metric: float
     corrupted_metric: float
@@ -233,21 +198,34 @@ def _integrate(bridge, clean, corrupted, metric: Metric, act_names: list[str], g
     for start in range(0, ig_steps, chunk):
         alphas = torch.arange(start, min(start + chunk, ig_steps), device=device) / ig_steps
         steps = len(alphas)
-        acts, deltas = {}, {}
-        hooks = [(name, _grad_hook(name, acts if name in act_names else None, deltas,
+        acts, deltas = {}, {}  # activations are kept from the first pass only: alpha = 0 is the corrupted run
+        hooks = [(name, _grad_hook(name, acts if name in act_names and start == 0 else None, deltas,
                                    name in grad_names, clean_acts[EMBED] if name == EMBED else None,
                                    alphas.repeat_interleave(batch))) for name in {*act_names, *grad_names}]
-        with torch.enable_grad(), bridge.hooks(fwd_hooks=hooks):
+        with torch.enable_grad(), _no_weight_grads(bridge), bridge.hooks(fwd_hooks=hooks):
             values = metric(bridge(corrupted.repeat(steps, 1)))
             found = torch.autograd.grad(values.sum(), [deltas[name] for name in grad_names])
         for name, grad in zip(grad_names, found):
             grads[name] = grads[name] + einops.reduce(grad, "(step batch) ... -> batch ...", "sum",
                                                       step=steps)
-        if start == 0:  # alpha = 0: the corrupted run itself
-            corrupted_acts = {name: acts[name][:batch] for name in act_names}
+        if start == 0:  # copies, so that the chunk's other steps are freed
+            corrupted_acts = {name: acts[name][:batch].clone() for name in act_names}
             corrupted_metric = values[:batch].mean().item()
-    return _Run({name: clean_acts[name] - corrupted_acts[name] for name in act_names},
-                {name: grad / ig_steps for name, grad in grads.items()}, clean_metric, corrupted_metric)
+    return _Run(clean_acts, corrupted_acts, {name: grad / ig_steps for name, grad in grads.items()},
+                clean_metric, corrupted_metric)
+
+
+@contextmanager
+def _no_weight_grads(bridge) -> Iterator[None]:
+    """The weights out of autograd for the call (only activations' gradients are wanted), then as they were."""
+    wanted = [p for p in bridge.parameters() if p.requires_grad]
+    for p in wanted:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in wanted:
+            p.requires_grad_(True)
 
 
 def keep_into(acts: dict[str, torch.Tensor], name: str):
@@ -274,33 +252,9 @@ def _grad_hook(name: str, acts: dict | None, deltas: dict, wants_grad: bool, cle
     return hook
 
 
-def per_node(tensor: Float[torch.Tensor, "batch pos *head d_model"]
-             ) -> Float[torch.Tensor, "batch pos node d_model"]:
-    """[batch, pos, d_model] as one node, [batch, pos, head, d_model] as one node per head."""
-    return einops.rearrange(tensor, "batch pos d -> batch pos 1 d") if tensor.dim() == 3 else tensor
-
-
 def tile(tensor: torch.Tensor, steps: int) -> torch.Tensor:
     """The batch `steps` times over, step-major: [batch, ...] -> [steps × batch, ...]."""
     return einops.repeat(tensor, "batch ... -> (step batch) ...", step=steps)
-
-
-@contextmanager
-def edge_hooks(bridge) -> Iterator[None]:
-    """The bridge with its per-head result, split q/k/v input and MLP input hooks on, then as it was."""
-    cfg = bridge.cfg
-    saved = cfg.use_attn_result, cfg.use_split_qkv_input, cfg.use_hook_mlp_in, cfg.use_attn_in
-    try:
-        bridge.set_use_attn_in(False)  # it excludes the split q/k/v input
-        bridge.set_use_attn_result(True)
-        bridge.set_use_split_qkv_input(True)
-        bridge.set_use_hook_mlp_in(True)
-        yield
-    finally:
-        bridge.set_use_attn_result(saved[0])
-        bridge.set_use_split_qkv_input(saved[1])
-        bridge.set_use_hook_mlp_in(saved[2])
-        bridge.set_use_attn_in(saved[3])
 
 
 def _check(clean: torch.Tensor, corrupted: torch.Tensor, ig_steps: int, chunk: int | None) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import warnings
 import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -70,6 +71,8 @@ def load_bridge(model: str | Path | PreTrainedModel, *, tokenizer=None, device: 
         raise ValueError("a model in memory needs its tokenizer: load_bridge(model, tokenizer=...)")
     if device is not None or dtype is not None:  # only then: a quantized model refuses `.to`
         model.to(device=device, dtype=dtype)
+    if not model.config.architectures:  # built from a config: TransformerLens picks its adapter by it
+        model.config.architectures = [type(model).__name__]
     model.eval()
     if "name_or_path" in tokenizer.init_kwargs:
         return _boot(model.name_or_path or "model", model, tokenizer, policy.trust_remote_code)
@@ -170,17 +173,23 @@ def agree(fast: torch.Tensor, reference: torch.Tensor) -> bool:
 
 
 def once_per_bridge(check: Callable[..., bool]) -> Callable[..., bool]:
-    """`check(bridge, ...)` run on a bridge's first call only; its answer is kept in `.answers` while
-    the bridge lives. A check that raises answers False."""
+    """`check(bridge, ...)`, whether a fast path serves this model, run on a bridge's first call only;
+    its answer is kept in `.answers` while the bridge lives. A check that raises answers False, and a
+    False answer is said once, as a warning naming the check and why."""
     answers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @functools.wraps(check)
     def checked(bridge, *args) -> bool:
         if bridge not in answers:
+            why = "its output differs from the bridge's hooked forward"
             try:
                 answers[bridge] = check(bridge, *args)
-            except Exception:  # a fast path that cannot run on this model is one that disagrees
-                answers[bridge] = False
+            except Exception as error:  # a fast path that cannot run on this model is one that disagrees
+                answers[bridge], why = False, f"it raised {type(error).__name__}: {error}"
+            if not answers[bridge]:
+                warnings.warn(f"{check.__module__}.{check.__name__}: the fast path does not serve this model "
+                              f"({why}); it takes the bridge's hooked path, which gives the same numbers "
+                              "more slowly", stacklevel=2)
         return answers[bridge]
 
     checked.answers = answers

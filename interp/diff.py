@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from jaxtyping import Int
 
-from interp.attribute import edge_hooks, edge_nodes, keep_into, per_node
+from interp.attribute import keep_into
 from interp.bridge import device_of
-from interp.circuit import hook_slices
+from interp.graph import ResidualGraph, edge_hooks, post_norm_gains, writes
 from training.vocabulary import HEAD_MATRICES, MLP_MATRICES, Node
 
 
@@ -57,16 +57,15 @@ def weight_changes(a, b) -> list[dict]:
 def output_differences(a, b, tokens: Int[torch.Tensor, "batch pos"]) -> dict[Node, float]:
     """Each writer's (embedding, head, MLP) output on `tokens` in `b` against `a`, over every position."""
     outputs = [_writer_outputs(bridge, tokens) for bridge in (a, b)]
-    writers = edge_nodes(a.cfg.n_layers, a.cfg.n_heads)[0]
     return {node: relative_change(outputs[0][..., i, :], outputs[1][..., i, :])
-            for i, node in enumerate(writers)}
+            for i, node in enumerate(ResidualGraph.of(a).writers)}
 
 
 def _writer_outputs(bridge, tokens) -> torch.Tensor:
-    """[batch, pos, writer, d_model] in `edge_nodes` order."""
-    writers, _ = hook_slices(bridge.cfg.n_layers, bridge.cfg.n_heads)
+    """[batch, pos, writer, d_model] in the graph's order."""
+    graph = ResidualGraph.of(bridge)
     acts: dict[str, torch.Tensor] = {}
     with torch.no_grad(), edge_hooks(bridge):
-        with bridge.hooks(fwd_hooks=[(name, keep_into(acts, name)) for name, _ in writers]):
+        with bridge.hooks(fwd_hooks=[(name, keep_into(acts, name)) for name in graph.kept_hooks()]):
             bridge(tokens.to(device_of(bridge)))
-    return torch.cat([per_node(acts[name]) for name, _ in writers], dim=2).cpu()
+        return writes(graph, acts, post_norm_gains(bridge, graph)).cpu()

@@ -5,7 +5,8 @@ with the embedding's difference added before the unembedding."""
 import pytest
 import torch
 
-from interp.attribute import Attributor, edge_mask
+from interp.attribute import Attributor
+from interp.graph import ResidualGraph
 from interp.circuit import (
     GREEDY,
     SELECTIONS,
@@ -92,7 +93,7 @@ def test_threshold_and_top_agree(graph):
 
 
 def test_the_graph_is_the_attribution_engines(graph, bridge):
-    assert torch.equal(graph.mask, edge_mask(bridge.cfg.n_layers, bridge.cfg.n_heads))
+    assert torch.equal(graph.mask, ResidualGraph.of(bridge).mask)
     assert (graph.scores[~graph.mask] == 0).all() and graph.scores.abs().max() > 1e-3
     assert graph.method.ig_steps == 3 and graph.method.name == "eap-ig"
     nodes = graph.node_scores()

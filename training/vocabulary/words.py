@@ -179,12 +179,13 @@ SITES = {
 
 @dataclass(frozen=True)
 class Node:
-    """A node of the residual graph: the embedding, a head (or one of its q, k, v inputs), an MLP, or the
-    logits. Writers are the embedding, heads and MLPs; readers are head inputs, MLPs and the logits."""
+    """A node of the residual graph (`interp.graph`): the embedding, a head (or one of its q, k, v
+    inputs), a key-value head's k or v input where query heads share it (GQA), an MLP, or the logits.
+    Writers are the embedding, heads and MLPs; readers are head inputs, MLPs and the logits."""
 
-    kind: str  # "embed", "head", "mlp" or "logits"
+    kind: str  # "embed", "head", "kv", "mlp" or "logits"
     layer: int | None = None
-    head: int | None = None
+    head: int | None = None  # a query head, or for "kv" a key-value head
     port: str | None = None  # "q", "k" or "v" for a head's input
 
     @classmethod
@@ -200,6 +201,10 @@ class Node:
         return cls("head", layer, head, port)
 
     @classmethod
+    def kv(cls, layer: int, kv_head: int, port: str) -> Node:
+        return cls("kv", layer, kv_head, port)
+
+    @classmethod
     def mlp(cls, layer: int) -> Node:
         return cls("mlp", layer)
 
@@ -207,31 +212,38 @@ class Node:
     def parse(cls, name: str) -> Node:
         """The node `name` names: the inverse of `Node.name`.
 
-        >>> Node.parse("L1H0.q"), Node.parse("MLP2").layer
-        (Node(kind='head', layer=1, head=0, port='q'), 2)
+        >>> Node.parse("L1H0.q"), Node.parse("MLP2").layer, Node.parse("L0KV1.v").kind
+        (Node(kind='head', layer=1, head=0, port='q'), 2, 'kv')
         """
         if name in ("embed", "logits"):
             return cls(name)
         if name.startswith("MLP") and name[3:].isdigit():
             return cls.mlp(int(name[3:]))
         head, _, port = name.partition(".")
-        layer, split, index = head[1:].partition("H")
-        if head[:1] == "L" and split and layer.isdigit() and index.isdigit() and port in ("", "q", "k", "v"):
-            return cls.attn(int(layer), int(index), port or None)
-        raise ValueError(f"no node is named {name!r}; nodes are embed, L0H1, L0H1.q, MLP0 and logits")
+        split = "KV" if "KV" in head else "H"
+        layer, _, index = head[1:].partition(split)
+        if head[:1] == "L" and layer.isdigit() and index.isdigit():
+            if split == "H" and port in ("", "q", "k", "v"):
+                return cls.attn(int(layer), int(index), port or None)
+            if split == "KV" and port in ("k", "v"):
+                return cls.kv(int(layer), int(index), port)
+        raise ValueError(f"no node is named {name!r}; nodes are embed, L0H1, L0H1.q, L0KV1.k, MLP0 and logits")
 
     @property
     def name(self) -> str:
-        """How the report and the result files name it: embed, L0H1, L0H1.q, MLP0, logits."""
+        """How the report and the result files name it: embed, L0H1, L0H1.q, L0KV1.k, MLP0, logits."""
         if self.kind == "head":
             return f"L{self.layer}H{self.head}" + (f".{self.port}" if self.port else "")
+        if self.kind == "kv":
+            return f"L{self.layer}KV{self.head}.{self.port}"
         if self.kind == "mlp":
             return f"MLP{self.layer}"
         return self.kind
 
     @property
     def component(self) -> Node:
-        """The node without its input port: the head that L0H1.q feeds; any other node itself."""
+        """The node without its input port: the head that L0H1.q feeds, the key-value head of L0KV1.k;
+        any other node itself."""
         return Node(self.kind, self.layer, self.head)
 
 
