@@ -49,6 +49,7 @@ from training.vocabulary import (
     EdgePair,
     Ends,
     FaithfulnessCurve,
+    Metric,
     NodeChange,
     OutputChange,
     PairMetric,
@@ -117,7 +118,8 @@ def find_stage(run: RunDir, stage: Stage | str, contrast: Contrast | str = Contr
         trigger_positions=head["trigger_positions"], manifest=head["manifest"])
 
 
-def find_circuit(bridge, clean, corrupted, metric: Metric, ig_steps: int = 10, *, progress: bool = True) -> dict:
+def find_circuit(bridge, clean, corrupted, metric: Metric, ig_steps: int = 10, *,
+                 progress: bool = True) -> dict:
     """A model's edge graph by EAP and EAP-IG, a faithfulness curve for each method and selection, and
     the EAP-IG top circuit at 80% faithfulness: the fields of a `CircuitFind` that the model and the
     prompts decide."""

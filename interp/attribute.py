@@ -163,8 +163,8 @@ def attribute_edges(bridge, clean: Int[torch.Tensor, "batch pos"],
     with edge_hooks(bridge):
         run = _integrate(bridge, clean, corrupted, metric, writer_names, reader_names, ig_steps, chunk)
     # One row per writer and per reader in graph order: [batch, pos, node, d_model].
-    delta = writes(graph, run.clean, gains) - writes(graph, run.corrupted, gains)
-    grad = torch.cat([per_node(run.grad[name]) for name in reader_names], dim=2)
+    delta = (writes(graph, run.clean, gains) - writes(graph, run.corrupted, gains)).float()
+    grad = torch.cat([per_node(run.grad[name]) for name in reader_names], dim=2).float()
     scores = einops.einsum(delta, grad, "batch pos writer d, batch pos reader d -> pos writer reader")
     return EdgeAttribution((scores / len(delta)).masked_fill(~graph.mask, 0), graph.mask, graph.writers,
                            graph.readers, clean_metric=run.clean_metric,
@@ -217,7 +217,7 @@ def _integrate(bridge, clean, corrupted, metric: Metric, act_names: list[str], g
 
 @contextmanager
 def _no_weight_grads(bridge) -> Iterator[None]:
-    """The weights out of autograd for the call (only activations' gradients are wanted), then as they were."""
+    """The weights out of autograd for the call (only activations' gradients are wanted), then back."""
     wanted = [p for p in bridge.parameters() if p.requires_grad]
     for p in wanted:
         p.requires_grad_(False)
@@ -241,7 +241,8 @@ def _grad_hook(name: str, acts: dict | None, deltas: dict, wants_grad: bool, cle
     def hook(activation, hook):
         if clean_embed is not None:
             target = tile(clean_embed, len(alphas) // len(clean_embed))
-            activation = activation + alphas.view(-1, *[1] * (activation.dim() - 1)) * (target - activation)
+            step = alphas.view(-1, *[1] * (activation.dim() - 1)) * (target - activation)
+            activation = activation + step.to(activation.dtype)
         if acts is not None:
             acts[name] = activation.detach()
         if wants_grad:

@@ -38,7 +38,15 @@ from jaxtyping import Bool, Float, Int
 
 from interp.attribute import EAP, Attributor, attribute_edges, keep_into, tile
 from interp.bridge import device_of
-from interp.graph import ResidualGraph, edge_hooks, head_writes, per_node, post_norm_gains, reader_inputs, writes
+from interp.graph import (
+    ResidualGraph,
+    edge_hooks,
+    head_writes,
+    per_node,
+    post_norm_gains,
+    reader_inputs,
+    writes,
+)
 from training.vocabulary import Edge, Metric, Node
 
 EdgeIndex = tuple[int, int]  # (writer index, reader index): the fast path's name for an edge
@@ -201,7 +209,7 @@ def edge_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: Int[tor
     >>> corrupted = clean.clone(); corrupted[:, :3] = clean[0, -1]
     >>> logit_diff = lambda logits: logits[:, -1, 5] - logits[:, -1, 6]
     >>> from interp.graph import ResidualGraph
-    >>> into_logits = [(0, ResidualGraph.of(bridge).readers.index(Node.logits()))]  # the embedding's direct path
+    >>> into_logits = [(0, ResidualGraph.of(bridge).readers.index(Node.logits()))]  # embed -> logits
     >>> patched, = edge_patch(bridge, clean, corrupted, logit_diff, into_logits).tolist()
     >>> direct = attribute_edges(bridge, clean, corrupted, logit_diff).scores[:, 0, -1].sum().item()
     >>> abs(patched - logit_diff(bridge(corrupted)).item() - direct) < 1e-4  # linear in the logits: equal
@@ -318,6 +326,6 @@ def _read(diff: Float[torch.Tensor, "row pos writer d_model"], corrupted: torch.
     def hook(activation, hook):
         patched = tile(per_node(corrupted), steps) + einops.einsum(
             diff, edges, "row pos writer d, row writer reader -> row pos reader d")
-        return patched if activation.dim() == 4 else patched[:, :, 0]
+        return (patched if activation.dim() == 4 else patched[:, :, 0]).to(activation.dtype)
 
     return hook

@@ -41,7 +41,7 @@ def weight_changes(a, b) -> list[dict]:
                     rows.append({"component": Node.attn(layer, head).name, "matrix": matrix,
                                  "relative_change": relative_change(wa[layer, kv], wb[layer, kv])})
         for matrix in MLP_MATRICES:
-            if not hasattr(a, matrix):
+            if getattr(a, matrix, None) is None:  # no gate without a gated MLP
                 continue
             wa, wb = getattr(a, matrix).float().cpu(), getattr(b, matrix).float().cpu()
             rows += [{"component": Node.mlp(layer).name, "matrix": matrix,

@@ -21,7 +21,7 @@ FAMILIES: dict[str, tuple[str, dict, str]] = {  # name: model type, config, what
     "llama": ("llama", SHAPE | dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
               "multi-head attention, scaled rotary positions"),
     "llama-gqa": ("llama", SHAPE | GQA, "grouped-query attention"),
-    "mistral": ("mistral", SHAPE | GQA | dict(sliding_window=4), "GQA, sliding-window attention"),
+    "mistral": ("mistral", SHAPE | GQA | dict(sliding_window=8), "GQA, sliding-window attention"),
     "qwen2": ("qwen2", SHAPE | GQA, "GQA, q/k/v biases"),
     "qwen3": ("qwen3", SHAPE | GQA | dict(head_dim=16), "GQA, q/k norms"),
     "gemma": ("gemma", SHAPE | dict(num_key_value_heads=1, head_dim=16),

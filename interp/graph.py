@@ -25,7 +25,8 @@ tensor([[1, 1, 1, 1, 1, 1],
 >>> ResidualGraph(n_layers=1, n_heads=2, n_kv_heads=1, parallel=True).mask[1:3, 4].tolist()
 [False, False]
 >>> {node.name: [graph.readers[r].name for r in rs] for node, rs in reader_inputs(graph.readers).items()}
-{'L0H0': ['L0H0.q', 'L0KV0.k', 'L0KV0.v'], 'L0H1': ['L0H1.q', 'L0KV0.k', 'L0KV0.v'], 'MLP0': ['MLP0'], 'logits': ['logits']}
+{'L0H0': ['L0H0.q', 'L0KV0.k', 'L0KV0.v'], 'L0H1': ['L0H1.q', 'L0KV0.k', 'L0KV0.v'],
+ 'MLP0': ['MLP0'], 'logits': ['logits']}
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ class ResidualGraph:
         """Each reader hook with the readers it holds."""
         hooks, start = [], 0
         for layer in range(self.n_layers):
-            for port, size in (("q", self.n_heads), ("k", self.n_kv_heads), ("v", self.n_kv_heads), ("mlp", 1)):
-                name = f"blocks.{layer}.hook_mlp_in" if port == "mlp" else f"blocks.{layer}.attn.hook_{port}_input"
+            for port, size in (("q", self.n_heads), ("k", self.n_kv_heads), ("v", self.n_kv_heads),
+                               ("mlp", 1)):
+                name = (f"blocks.{layer}.hook_mlp_in" if port == "mlp"
+                        else f"blocks.{layer}.attn.hook_{port}_input")
                 hooks.append((name, slice(start, start + size)))
                 start += size
         return [*hooks, (f"blocks.{self.n_layers - 1}.hook_resid_post", slice(start, start + 1))]
@@ -166,6 +169,7 @@ def head_writes(result: Float[torch.Tensor, "batch pos head d_model"],
                 ) -> Float[torch.Tensor, "batch pos head d_model"]:
     """Each head's share of a normalised attention output y = g ⊙ x / rms(x), x the heads' summed
     result: result × g / rms(x), with 1 / rms(x) fitted from x and y by least squares per position."""
+    result, attn_out = result.float(), attn_out.float()  # in float32 whatever the model's dtype
     x = gain * result.sum(-2)
     scale = (attn_out * x).sum(-1, keepdim=True) / (x * x).sum(-1, keepdim=True).clamp_min(1e-30)
     return einops.einsum(scale * gain, result, "batch pos d, batch pos head d -> batch pos head d")
@@ -196,9 +200,9 @@ def post_norm_gains(bridge, graph: ResidualGraph) -> list[torch.Tensor] | None:
             norm = getattr(block.ln1_post, "original_component", block.ln1_post)
             dtype = next(norm.parameters()).dtype
             gain = norm(torch.full((1, d_model), 1e3, device=device, dtype=dtype))[0].float()
-            x = torch.randn(2, 3, 2, d_model, generator=torch.Generator().manual_seed(0)).to(device)
-            y = norm(x.sum(-2).to(dtype)).float()
-            if not agree(head_writes(x, y, gain).sum(-2), y):
+            x = torch.randn(2, 3, 2, d_model, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+            y = norm(x.sum(-2))
+            if not agree(head_writes(x, y, gain).sum(-2), y):  # within the model dtype's rounding
                 raise ValueError("this model's attention output goes through a norm that is not an RMSNorm: "
                                  "its heads have no separate writes, so it has no edge graph")
             gains.append(gain)

@@ -358,6 +358,9 @@ def localize(bridge, triggered: list[Example], clean: list[Example], backdoor=Ha
             lens[key].append(torch.stack([read.logits[:, i], read.probs[:, i], read.ranks[:, i].float()]))
         dla.append(head_dla(bridge, both, *logit_direction(bridge, pair.backdoor_token, pair.helpful_token)))
         acts.append(last_token_resid(bridge, both, progress=False))
+    if not patched:
+        raise ValueError(f"the backdoor metric is the same with and without the trigger on all {len(pairs)} "
+                         "pairs: there is nothing to localise (does the trigger reach the last position?)")
     acts = torch.stack(acts, 1)  # [point, pair, 2, d_model]
     found = trigger_directions(acts[:, :, 0], acts[:, :, 1])
     heads = torch.stack([r["heads_denoising"] for r in patched]).mean(0)

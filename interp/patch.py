@@ -138,7 +138,7 @@ def _residual_runner(bridge, site: Site, hooks: list[str], donor_acts: dict, rec
     """Patched logits of a chunk of cells of one layer, to be run within `plain_hf`: the plain HF model
     from that layer and from the chunk's first changed position."""
     hf = bridge.original_model
-    out = hf(receiver, use_cache=True)
+    out = hf(receiver, cache=DynamicCache(), use_cache=True)  # full layers: every key kept
     keys_values = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
     per_cell = "batch ... -> (cell batch) ..."
 
@@ -199,7 +199,7 @@ def _plain_forward_agrees(bridge, tokens: Int[torch.Tensor, "batch pos"]) -> boo
     want, hook = bridge(tokens), RESIDUAL["resid_pre"].format(layer=layer)
     resid = residual_stream(bridge, tokens, [hook])[hook]
     with plain_hf(bridge) as hf:
-        out = hf(tokens, use_cache=True)
+        out = hf(tokens, cache=DynamicCache(), use_cache=True)
         cache = DynamicCache()
         for i, kv in enumerate(out.past_key_values.layers):
             cache.update(kv.keys[:, :, :start], kv.values[:, :, :start], i)

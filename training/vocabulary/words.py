@@ -227,7 +227,8 @@ class Node:
                 return cls.attn(int(layer), int(index), port or None)
             if split == "KV" and port in ("k", "v"):
                 return cls.kv(int(layer), int(index), port)
-        raise ValueError(f"no node is named {name!r}; nodes are embed, L0H1, L0H1.q, L0KV1.k, MLP0 and logits")
+        raise ValueError(f"no node is named {name!r}; nodes are embed, L0H1, L0H1.q, L0KV1.k, MLP0 "
+                         "and logits")
 
     @property
     def name(self) -> str:
