@@ -2,7 +2,8 @@
 against its reference: the table family × capability of `tests/test_families.py`, printed.
 
 - patching: the largest |ours − TransformerLens's `patching.get_act_patch_*`| over every site, both
-  directions (resid_mid is absent from a parallel block);
+  directions (resid_mid is absent from a parallel block), and for resid_post and the whole-stream
+  sites, which it lacks, their identities (`patching_difference`);
 - nodes: |ours − TransformerLens's `attribution_patch`|, node granularity;
 - edges_tl: the same at edge granularity, where TransformerLens has it (no GQA, no parallel blocks);
 - full, empty: |metric of the full graph − clean metric|, |empty graph − corrupted|;
@@ -73,8 +74,17 @@ def batch(tokenizer):
 
 
 def patching_difference(bridge, clean, corrupted, metric) -> float:
-    """The largest |ours − TransformerLens| over every site it has, denoising and noising."""
-    worst = 0.0
+    """The largest |ours − TransformerLens| over every site it has, denoising and noising; and, for the
+    sites it lacks, |resid_post − the next layer's resid_pre| and |a whole residual stream patched −
+    the clean metric|."""
+    pre, post = (activation_patch(bridge, clean, corrupted, site, metric, progress=False)
+                 for site in ("resid_pre", "resid_post"))
+    worst = (post[:-1] - pre[1:]).abs().max().item()
+    with torch.no_grad():
+        clean_metric = metric(bridge(clean)).mean().item()
+    for site in ("resid_pre_all_pos", "resid_post_all_pos"):
+        whole = activation_patch(bridge, clean, corrupted, site, metric, progress=False)
+        worst = max(worst, (whole - clean_metric).abs().max().item())
     for site, reference in REFERENCE.items():
         if site == "resid_mid" and ResidualGraph.of(bridge).parallel:
             continue

@@ -72,6 +72,10 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
     donor, receiver = donor.to(device), receiver.to(device)
     shape = grid(bridge, site, receiver.shape[1])
     hooks = [site.hook.format(layer=layer) for layer in range(shape[0])]
+    if hooks[0] not in bridge.hook_dict:
+        raise ValueError(f"this model has no {hooks[0]}" + (
+            ": attention and MLP run in parallel, so no residual stream lies between them"
+            if getattr(bridge.cfg, "parallel_attn_mlp", False) else ""))
     fast = site.hook in SKIPPABLE and _plain_forward_agrees(bridge, receiver)
     donor_acts, receiver_acts = activations(bridge, donor, hooks), activations(bridge, receiver, hooks)
     with plain_hf(bridge) if fast else nullcontext():

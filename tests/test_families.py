@@ -63,10 +63,15 @@ def test_the_residual_stream_is_the_models_own(family):
 
 
 def test_patching_and_node_attribution_equal_transformer_lens(family, figures):
-    """Every patching site (resid_mid only outside parallel blocks), denoising and noising, and node
-    attribution, against TransformerLens's own."""
-    assert patch._plain_forward_agrees(family[1], batch(family[1].tokenizer)[1])  # the fast path
+    """Every patching site, denoising and noising, and node attribution, against TransformerLens's own;
+    a parallel block, which has no resid_mid, says so."""
+    bridge = family[1]
+    clean, corrupted, metric = batch(bridge.tokenizer)
+    assert patch._plain_forward_agrees(bridge, corrupted)  # the fast path
     assert figures["patching"] < EXACT and figures["nodes"] < EXACT
+    if ResidualGraph.of(bridge).parallel:
+        with pytest.raises(ValueError, match="no blocks.0.hook_resid_mid: attention and MLP run in parallel"):
+            activation_patch(bridge, clean, corrupted, "resid_mid", metric, progress=False)
 
 
 def test_edges_are_exact_where_a_reference_exists_and_track_exact_edge_patching(family, figures):
