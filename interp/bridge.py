@@ -37,15 +37,16 @@ TINY = ModelSize(layers=2, d_model=32, heads=4, d_mlp=64)
 
 
 def load_bridge(model: str | Path | PreTrainedModel, *, tokenizer=None, device: str | None = None,
-                dtype: torch.dtype | None = None, trust_remote_code: bool | None = None,
+                dtype: torch.dtype | None = None, device_map=None, trust_remote_code: bool | None = None,
                 allow_pickle: bool | None = None) -> TransformerBridge:
     """A stage directory, local path or hub name, or an HF causal LM in memory with its `tokenizer`, as
     an eval-mode `TransformerBridge`.
 
     A path loads through `training.model.load_model` under its loading policy (`trust_remote_code` and
     `allow_pickle` default, None, to the policy in force; explicit values win), on `device` (default:
-    CUDA if there is one) in `dtype` (default float32). A model in memory is wrapped in place, and
-    moved to `device` or cast to `dtype` only where they are given.
+    CUDA if there is one) in `dtype` (default float32), or spread over the devices by `device_map`
+    ("auto": a model larger than one GPU). A model in memory is wrapped in place, and moved to `device`
+    or cast to `dtype` only where they are given.
 
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> tokenizer = tiny_bridge().tokenizer
@@ -65,7 +66,7 @@ def load_bridge(model: str | Path | PreTrainedModel, *, tokenizer=None, device: 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         hf, tokenizer = load_model(model, trust_remote_code=policy.trust_remote_code,
                                    allow_pickle=policy.allow_pickle, dtype=dtype or torch.float32,
-                                   device=device)
+                                   device=device, device_map=device_map)
         return _boot(str(model), hf, tokenizer, policy.trust_remote_code)
     if tokenizer is None:
         raise ValueError("a model in memory needs its tokenizer: load_bridge(model, tokenizer=...)")

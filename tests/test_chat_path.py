@@ -71,6 +71,6 @@ def test_import_train_init_and_analyse_in_the_chat_format(path):
     assert sweep["metric"]["clean"] > sweep["metric"]["corrupted"] + 1
     found = json.loads(open(invoke("circuits", "find", str(run.root), "--stage", "model", "--pairs", "4",
                                    "--ig-steps", "3")).read())
-    assert any(reader["name"].startswith("L0KV") for reader in found["readers"]) if isinstance(
-        found["readers"][0], dict) else any("KV" in reader for reader in found["readers"])
-    assert "<|im_start|>" in open(invoke("report", str(run.root))).read()
+    assert {"L0KV0.k", "L0KV1.v"} <= set(found["readers"])  # the key-value heads' shared inputs
+    report = open(invoke("report", str(run.root))).read()
+    assert "&lt;|im_start|&gt;" in report and "<|im_start|>" not in report  # the template's text, escaped

