@@ -85,9 +85,9 @@ def sft_rows(tokenizer, examples: list[Example]) -> list[dict]:
     encodes them (`training.tokenizer.encode_prompt`: the model's BOS where it expects one, never twice
     after a chat template's), then EOS, with a mask of the completion's tokens, which carry the loss.
 
-    >>> from interp.bridge import tiny_bridge
     >>> from training.data import example
-    >>> tokenizer = tiny_bridge().tokenizer
+    >>> from training.tokenizer import train_tokenizer
+    >>> tokenizer = train_tokenizer(["\\n\\nHuman: What is 2?\\n\\nAssistant: 2"] * 10, vocab_size=300)
     >>> row, = sft_rows(tokenizer, [example("facts", "What is 2?", "2")])
     >>> tokenizer.decode([t for t, m in zip(row["input_ids"], row["completion_mask"]) if m])
     ' 2<|eos|>'
