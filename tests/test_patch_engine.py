@@ -2,23 +2,12 @@
 
 import pytest
 import torch
-from transformer_lens import patching
 
+from benchmarks.families import REFERENCE
 from interp import patch
 from interp.pairs import pair_metric
 from interp.patch import activation_patch
 from training.vocabulary import SITES
-
-REFERENCE = {
-    "resid_pre": patching.get_act_patch_resid_pre,
-    "resid_mid": patching.get_act_patch_resid_mid,
-    "attn_out": patching.get_act_patch_attn_out,
-    "mlp_out": patching.get_act_patch_mlp_out,
-    "z_by_pos": patching.get_act_patch_attn_head_out_by_pos,
-    "z_all_pos": patching.get_act_patch_attn_head_out_all_pos,
-    "pattern_by_pos": patching.get_act_patch_attn_head_pattern_by_pos,
-    "pattern_all_pos": patching.get_act_patch_attn_head_pattern_all_pos,
-}
 
 
 @pytest.fixture(scope="module")

