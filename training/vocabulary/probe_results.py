@@ -17,6 +17,7 @@ class PointSummary(Result):
     accuracy: float
     n_pos: int
     n_neg: int
+    degenerate: bool = False  # every prompt scored the same: never a best point
 
 
 @dataclass(frozen=True)
