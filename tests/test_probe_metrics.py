@@ -65,7 +65,9 @@ def test_summary_is_json_ready():
 
     scores, labels = scored(2, levels=20)
     result = summary(torch.tensor(scores, dtype=torch.float32), torch.tensor(labels), n_boot=200)
-    assert set(result) == {"auroc", "auroc_ci", "recall_at_1pct_fpr", "accuracy", "n_pos", "n_neg"}
+    assert set(result) == {"auroc", "auroc_ci", "recall_at_1pct_fpr", "accuracy", "n_pos", "n_neg",
+                           "degenerate"}
+    assert result["degenerate"] is False
     assert result["n_pos"] + result["n_neg"] == len(labels)
     assert json.loads(json.dumps(result)) == result
 
