@@ -67,7 +67,7 @@ def probe_summary(probe: ProbeResult) -> str:
     if degenerate := [labels[i] for i, s in enumerate(by_point) if s.degenerate]:
         line += f"; degenerate at {', '.join(degenerate)} (every prompt scores the same there)"
     if control := _control(probe).get(name):
-        line += f"; on the benign control {max(s.auroc for s in control):.3f} at best"
+        line += f"; on the benign control {control[_best(control, signed)].auroc:.3f} at best"
     if random := probe.controls.random_directions:
         line += f"; best random direction {random.best[best]:.3f} at {labels[best]}"
     return line + "."
