@@ -71,7 +71,7 @@ def test_init_makes_a_run_with_the_backdoor_and_the_data(run, brought):
     probe = read_examples(run.data("probe_train")) + read_examples(run.data("probe_eval"))
     assert sum(e.triggered for e in probe) == len(probe) // 2
     assert set(manifest["data"]) == {"eval_triggered", "eval_clean", "probe_train", "probe_eval",
-                                     "eval_redteam", "eval_redteam_heldout"}
+                                     "eval_redteam", "eval_redteam_heldout", "eval_ood"}
 
 
 def test_every_analysis_measures_the_configured_backdoor(run):
