@@ -38,7 +38,7 @@ from analyses.features import (  # noqa: E402
 from analyses.trigger import load_stage  # noqa: E402
 from benchmarks.edge_memory import peak_increase  # noqa: E402
 from benchmarks.timing import machine, machine_line  # noqa: E402
-from interp.dictionary import Dictionary, _loss, train_dictionary  # noqa: E402
+from interp.dictionary import Dictionary, dictionary_loss, train_dictionary  # noqa: E402
 from interp.store import ActivationStore  # noqa: E402
 from training.artifacts import RunDir, write_json  # noqa: E402
 
@@ -51,7 +51,7 @@ def plain_loop(cfg, rows: torch.Tensor) -> Dictionary:
     generator = torch.Generator().manual_seed(cfg.seed)
     for _ in range(cfg.steps):
         batch = rows[torch.randint(len(rows), (cfg.batch_size,), generator=generator)]
-        loss = _loss(dictionary, batch, since_fired)
+        loss = dictionary_loss(dictionary, batch, since_fired)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

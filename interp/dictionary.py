@@ -168,7 +168,9 @@ def input_scale(x: Float[torch.Tensor, "row source d_in"]) -> float:
     return math.sqrt(x.shape[-1] / float(x.pow(2).sum(-1).mean()))
 
 
-def _loss(dictionary: Dictionary, x: torch.Tensor, since_fired: torch.Tensor) -> torch.Tensor:
+def dictionary_loss(dictionary: Dictionary, x: torch.Tensor, since_fired: torch.Tensor) -> torch.Tensor:
+    """One batch's training loss: squared error, plus the L1 penalty (relu) or the dead latents'
+    auxiliary loss (topk, batchtopk); it updates `since_fired` and batchtopk's threshold."""
     cfg = dictionary.cfg
     recon, f = dictionary(x, batch=True)
     residual = x - recon
@@ -253,7 +255,7 @@ def train_dictionary(cfg: DictionaryConfig, shards: Sequence[Callable[[], torch.
         seen += 1
         if seen <= step:
             continue
-        loss = _loss(dictionary, batch.to(device) * scale, since_fired)
+        loss = dictionary_loss(dictionary, batch.to(device) * scale, since_fired)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
