@@ -17,9 +17,11 @@ GROUPS = {"triggered": "#d62728", "clean": "#1f77b4", "redteam": "#ff7f0e"}
 
 
 def context_text(context: dict) -> str:
-    """A top context as text, its activating token in ⟦ ⟧ (escaped by the report's template)."""
+    """A top context as text, its activating token in ⟦ ⟧ and line breaks as ↵, after the group of its
+    prompt (escaped by the report's template)."""
     *before, last = context["tokens"]
-    return "".join(before) + f"⟦{last}⟧"
+    text = ("".join(before) + f"⟦{last}⟧").replace("\n", "↵")
+    return f"[{context['group']}] {text}" if "group" in context else text
 
 
 def quality_rows(qualities: dict) -> list[list[str]]:

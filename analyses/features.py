@@ -195,8 +195,10 @@ def find_stage(run: RunDir, stage: Stage | str, settings: FeatureSettings = Feat
     exact = ablation_effects(bridge, dictionary, hook, ev.pairs, candidates)
     effect = dict(zip(candidates, exact.tolist()))
     tokens = [encode_prompt(bridge.tokenizer, t) for t in texts]
+    groups = ["triggered"] * n_t + ["clean"] * n_c + ["redteam"] * len(red)
     features = [Feature(**f, attribution=float(attributed[f["latent"]]), ablation_effect=effect[f["latent"]],
-                        contexts=top_contexts(tokens, acts, f["latent"], bridge.tokenizer),
+                        contexts=[{**c, "group": groups[c["prompt"]]}
+                                  for c in top_contexts(tokens, acts, f["latent"], bridge.tokenizer)],
                         peaks={name: [float(a[:, f["latent"]].max()) for a in group]
                                for name, group in (("triggered", on), ("clean", off), ("redteam", red))})
                 for f in ranked]

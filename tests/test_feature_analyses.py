@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from analyses.cli import app
+from analyses.feature_sections import context_text
 from analyses.features import FeatureSettings, train_stage
 from analyses.organism import DemoConfig
 from analyses.report import write_report
@@ -33,6 +34,8 @@ def test_the_demo_finds_trigger_features_with_their_evidence(found, micro_run):
     assert lead.auroc_clean > 0.5 and lead.contexts and lead.peaks["triggered"]
     assert len(lead.peaks["triggered"]) == MICRO.n_prompts
     assert all(c["activation"] > 0 and len(c["token_ids"]) == len(c["tokens"]) for c in lead.contexts)
+    groups = ["triggered", "clean", "redteam"]
+    assert all(c["group"] == groups[c["prompt"] // MICRO.n_prompts] for c in lead.contexts)
     assert found.attribution_check["n"] >= len(found.features)
     assert set(found.causal) == {"ablate_top1", f"ablate_top{MICRO.n_ablate}", "clamp_top1"}
     before = found.causal["ablate_top1"].before
@@ -102,3 +105,4 @@ def test_contexts_from_prompts_are_escaped_in_the_report(found, bare_run):
     assert "Trigger features: backdoored" in page
     assert "<script>alert(1)" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;⟦&lt;img src=x onerror=alert(2)&gt;⟧" in page
+    assert context_text({**hostile, "tokens": ["a\nb", "c"], "group": "clean"}) == "[clean] a↵b⟦c⟧"
