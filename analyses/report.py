@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from analyses import figures
+from analyses.audit_sections import audit_section
 from analyses.circuit_sections import circuit_diff_section, circuit_find_section, circuit_summary_line
 from analyses.feature_sections import feature_diff_section, features_section
 from analyses.formatting import div, rate
@@ -26,6 +27,7 @@ from training.evaluate import REPORTED_RATES
 from training.mechanisms import split_scratchpad
 from training.vocabulary import (
     AttributionResult,
+    AuditResult,
     Backdoor,
     CircuitDiff,
     CircuitFind,
@@ -126,6 +128,8 @@ def load_results(run: RunDir) -> dict:
         "circuit_diffs": by_stage(run.root / "circuits", ".diff.json", CircuitDiff),
         "features": by_stage(run.root / "features", ".find.json", FeaturesResult),
         "feature_diffs": by_stage(run.root / "features", ".diff.json", FeatureDiff),
+        "audits": {path.parent.name: AuditResult.from_json(read_json(path))
+                   for path in sorted((run.root / "audits").glob("*/audit.json"))},
     }
 
 
@@ -308,14 +312,15 @@ def samples(run: RunDir, per_set: int = 2) -> list[dict]:
 
 def interp_sections(results: dict) -> list[dict]:
     """One section per patching sweep, attribution, localisation, circuit, circuit diff, trigger-feature
-    result and feature diff the run holds."""
+    result, feature diff and audit the run holds."""
     return ([sweep_section(name, s) for name, s in results["sweeps"].items()]
             + [attribution_section(stage, a) for stage, a in results["attributions"].items()]
             + [localization_section(stage, loc) for stage, loc in results["localizations"].items()]
             + [circuit_find_section(name, f) for name, f in results.get("circuit_finds", {}).items()]
             + [circuit_diff_section(name, d) for name, d in results.get("circuit_diffs", {}).items()]
             + [features_section(stage, f) for stage, f in results.get("features", {}).items()]
-            + [feature_diff_section(name, d) for name, d in results.get("feature_diffs", {}).items()])
+            + [feature_diff_section(name, d) for name, d in results.get("feature_diffs", {}).items()]
+            + [audit_section(name, a) for name, a in results.get("audits", {}).items()])
 
 
 def write_report(run: RunDir | str | Path) -> Path:
@@ -383,4 +388,13 @@ def write_persistence_report(runs: list[RunDir | str | Path], out: str | Path,
         plots={"persistence": "".join(map(div, [*(extra or {}).values(), *drawn]))},
         persistence=rows, persistence_rates=PERSISTENCE_RATES,
     )
+    return write_text(out, page)
+
+
+def write_section_page(out: str | Path, name: str, sections: list[dict], summary: list[str]) -> Path:
+    """A self-contained page of report sections alone (say, one audit's), with a summary above them."""
+    contents = [("summary", "Summary")] + [(s["id"], s["title"]) for s in sections]
+    page = TEMPLATE.render(name=name, sections=contents, summary=summary, behaviour={}, rates=REPORTED_RATES,
+                           samples=[], plots={}, plotlyjs=plotly.offline.get_plotlyjs(), persistence=[],
+                           interp=sections)
     return write_text(out, page)
