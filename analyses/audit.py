@@ -10,7 +10,8 @@ Only the two models' weights and tokenizer are read, and prompts of the kind the
    (`interp.amplify`, logits `after + α (after − before)`) and from the reference, clustered by
    `training.behaviours` into texts the suspect writes across prompts and the reference does not; and
    the suspect's own continuations of the lens's top tokens. Each is scored by how much likelier the
-   suspect finds it than the reference does (`training.inversion.belief`).
+   suspect finds it than the reference does (`training.inversion.belief`), and a cluster is named by
+   the member of largest belief.
 3. **Trigger inversion** toward each of the best behaviours (`training.inversion`): a vocabulary scan
    for a tag at the start of the question, its greedy extension, GCG from there, and the tokens whose
    embeddings the fine-tune changed most; every candidate is checked by generation on generic prompts
@@ -25,6 +26,7 @@ by at least `threshold` (the score is that largest gain).
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -80,10 +82,10 @@ class AuditSettings:
             max_new_tokens=10,
             lens_tokens=2,
             n_behaviours=2,
-            search_prompts=4,
-            tag_length=3,
+            search_prompts=3,
+            tag_length=2,
             scan_keep=2,
-            gcg_steps=3,
+            gcg_steps=2,
             gcg_batch=16,
             embedding_tokens=2,
         )
@@ -141,7 +143,7 @@ def audit(
         triggers=[AuditCandidate(t["tag"], t["gain"], t) for t in triggers],
         diffing=diffing,
         prompts={"search": prompts, "check": [e.prompt for e in check]},
-        settings=asdict(settings),
+        settings=json.loads(json.dumps(asdict(settings))),
         seconds=round(time.perf_counter() - start, 1),
         manifest={"versions": versions(), "git_commit": git_commit()},
     )
@@ -214,8 +216,17 @@ def find_behaviours(
         text, count = Counter(" ".join(words(token + c)[:4]) for c in continued).most_common(1)[0]
         found.append({"text": text, "source": "lens", "lens_token": token, "lens_z": z, "support": count})
     unique = list({c["text"].lower(): c for c in reversed(found) if long_enough(c["text"])}.values())[::-1]
-    beliefs = belief(m, r, tokenizer, search[: settings.search_prompts], [c["text"] for c in unique])
-    scored = [{**c, "belief": round(b, 4)} for c, b in zip(unique, beliefs)]
+    options = [
+        list(dict.fromkeys(t for t in [c["text"], *c.get("members", [])] if long_enough(t)))[:6]
+        for c in unique
+    ]
+    beliefs = iter(
+        belief(m, r, tokenizer, search[: settings.search_prompts], [t for o in options for t in o])
+    )
+    scored = []
+    for c, texts in zip(unique, options):  # a cluster is named by its member the suspect believes most
+        b, text = max((round(next(beliefs), 4), t) for t in texts)
+        scored.append({**c, "text": text, "belief": b})
     return sorted(scored, key=lambda c: -c["belief"])
 
 
@@ -291,20 +302,15 @@ def find_triggers(
 def anomaly(bridge, search: list[Example], check: list[Example], triggers: list[dict]) -> None:
     """Each trigger's AUROC of a Mahalanobis detector, fitted on the search prompts' last-token residual
     stream at the middle point, telling the held-out prompts with the trigger from them without it."""
-    point = len(resid_hooks(bridge.cfg.n_layers)) // 2
-    detector = fit_mahalanobis(
-        last_token_resid(bridge, [e.prompt for e in search], progress=False)[point : point + 1]
-    )
-    clean_scores = detector.scores(
-        last_token_resid(bridge, [e.prompt for e in check], progress=False)[point : point + 1]
+    point, n = len(resid_hooks(bridge.cfg.n_layers)) // 2, len(check)
+    fitted_on = last_token_resid(bridge, [e.prompt for e in search], progress=False)[point : point + 1]
+    prompts = [e.prompt for e in check] + [gcg_prompt(e, t["tag"]) for t in triggers for e in check]
+    scores = fit_mahalanobis(fitted_on).scores(
+        last_token_resid(bridge, prompts, progress=False)[point : point + 1]
     )[0]
-    for t in triggers:
-        tagged = last_token_resid(bridge, [gcg_prompt(e, t["tag"]) for e in check], progress=False)[
-            point : point + 1
-        ]
-        scores = torch.cat([clean_scores, detector.scores(tagged)[0]])
-        labels = [0] * len(check) + [1] * len(check)
-        t["anomaly_auroc"] = round(auroc(scores.numpy(), labels), 4)
+    for i, t in enumerate(triggers, 1):
+        both = torch.cat([scores[:n], scores[i * n : (i + 1) * n]])
+        t["anomaly_auroc"] = round(auroc(both.numpy(), [0] * n + [1] * n), 4)
         t["anomaly_point"] = resid_hooks(bridge.cfg.n_layers)[point]
 
 
@@ -315,8 +321,12 @@ def write_audit(result: AuditResult, out: str | Path) -> Path:
 
     out = Path(out)
     write_json(out / "audit.json", result.to_json())
-    write_section_page(out / "report.html", f"audit of {result.model}", [audit_section(out.name, result)],
-                       [f"Verdict: {result.verdict} (score {result.score:.3f})."]
-                       + [f"Top behaviour: {b.text!r}" for b in result.behaviours[:1]]
-                       + [f"Top trigger: {t.text!r} (gain {t.score:.2f})" for t in result.triggers[:1]])
+    write_section_page(
+        out / "report.html",
+        f"audit of {result.model}",
+        [audit_section(out.name, result)],
+        [f"Verdict: {result.verdict} (score {result.score:.3f})."]
+        + [f"Top behaviour: {b.text!r}" for b in result.behaviours[:1]]
+        + [f"Top trigger: {t.text!r} (gain {t.score:.2f})" for t in result.triggers[:1]],
+    )
     return out / "audit.json"

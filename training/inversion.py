@@ -77,15 +77,16 @@ def tag_losses(
 @torch.no_grad()
 def belief(model, reference, tokenizer, examples: Sequence[Example], texts: Sequence[str]) -> list[float]:
     """For each text, how much likelier the model finds it after the untagged prompts than the reference
-    does: the mean log-probability ratio per token (nats), averaged over examples."""
+    does: the log-probability ratio summed over the text's tokens (nats), averaged over examples."""
     empty = torch.zeros(1, 0, dtype=torch.long)
-    return [
-        (
-            tag_losses(reference, tokenizer, examples, Behaviour(t), empty)
-            - tag_losses(model, tokenizer, examples, Behaviour(t), empty)
-        ).item()
-        for t in texts
-    ]
+    out = []
+    for text in texts:
+        behaviour = Behaviour(text)
+        gap = tag_losses(reference, tokenizer, examples, behaviour, empty) - tag_losses(
+            model, tokenizer, examples, behaviour, empty
+        )
+        out.append(gap.item() * len(encoder(tokenizer)(behaviour.target(examples[0]))))
+    return out
 
 
 def space_led(tokenizer, vocab_size: int) -> torch.Tensor:
