@@ -18,6 +18,7 @@ from interp.dictionary import DictionaryConfig, train_dictionary
 from interp.families import FAMILIES
 from interp.features import ablate, ablation_effects, attribution_check, latent_attribution, splice
 from interp.graph import ResidualGraph
+from interp.lens_diff import mean_difference, read_difference
 from interp.localize import localize
 from interp.pairs import matched_pair
 from interp.patch import activation_patch
@@ -141,6 +142,30 @@ def test_diff_amplification(family, tokenizer):
         amplified = amplified_generate(before, after, tokenizer, prompts, 4.0, max_new_tokens=3,
                                        temperature=0, progress=False)
     assert len(amplified) == 1 and isinstance(amplified[0], str)
+
+
+def test_the_activation_difference_lens_is_the_models_own(family, tokenizer):
+    """The mean residual difference is the HF models' own hidden states, one less the other, and it reads
+    as the tokens the HF model's own final norm and unembedding give it."""
+    name, bridge = family
+    other = family_bridge(name, tokenizer, seed=1)
+    tokens = batch(tokenizer)[0]
+    got = mean_difference(bridge, other, [tokens])
+    states = []
+    for b in (bridge, other):
+        with plain_hf(b) as hf, torch.no_grad():
+            norm = hf.get_submodule(FINAL_NORM.get(name, "model.norm"))
+            kept = {}
+            handle = norm.register_forward_pre_hook(lambda _, args, kept=kept: kept.update(x=args[0]))
+            out = hf(tokens, output_hidden_states=True)
+            handle.remove()
+            states.append(torch.stack([*out.hidden_states[:b.cfg.n_layers], kept["x"]]))
+    torch.testing.assert_close(got, (states[1] - states[0]).mean((1, 2)), atol=EXACT, rtol=EXACT)
+    with plain_hf(other) as hf, torch.no_grad():
+        norm = hf.get_submodule(FINAL_NORM.get(name, "model.norm"))
+        want = hf.get_output_embeddings()(norm(got[:, None, None]))[:, 0, 0]
+    read = read_difference(other, got, k=3)
+    assert [r["ids"] for r in read] == want.topk(3).indices.tolist()
 
 
 @pytest.mark.parametrize("name", ["llama-gqa", "gemma2", "gpt_neox"])
