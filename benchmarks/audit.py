@@ -24,9 +24,7 @@ from analyses.audit import AuditSettings, audit, write_audit  # noqa: E402
 from analyses.audit_scoring import by_kind, score_organism  # noqa: E402
 from benchmarks.timing import machine_line  # noqa: E402
 from training.artifacts import read_json  # noqa: E402
-from training.evaluate import generate  # noqa: E402
-from training.gcg import gcg_prompt  # noqa: E402
-from training.inversion import Behaviour  # noqa: E402
+from training.inversion import Behaviour, elicitation  # noqa: E402
 from training.model import load_model  # noqa: E402
 from training.vocabulary import AuditResult  # noqa: E402
 from training.zoo import ORGANISMS, zoo_examples  # noqa: E402
@@ -55,10 +53,8 @@ def elicitation_on_zoo(zoo: Path, truth: dict, n: int = 48, seed: int = 0):
     behaviour = Behaviour(truth["behaviour"])
 
     def rates(tags: list[str]) -> list[float]:
-        flat = generate(
-            model, tokenizer, [gcg_prompt(e, t) for t in tags for e in examples], 16, progress=False
-        )
-        return [sum(behaviour.fired_all(flat[i * n : (i + 1) * n])) / n for i in range(len(tags))]
+        checked = elicitation(model, tokenizer, examples, behaviour, tags, 16, progress=False)
+        return [c["rate"]["value"] for c in checked]
 
     return rates
 
