@@ -132,7 +132,7 @@ def audit(
     best = {}
     for t in triggers:
         best[t["behaviour"]] = max(best.get(t["behaviour"], -1.0), t["gain"])
-    ranked = sorted(behaviours, key=lambda b: (-best.get(b["text"], -1.0), -b["belief"]))
+    ranked = sorted(behaviours, key=lambda b: (-best.get(b["text"], -1.0), -b["rank_score"]))
     score = max((t["gain"] for t in triggers), default=0.0)
     return AuditResult(
         model=str(model),
@@ -177,7 +177,10 @@ def model_diff(base, suspect, prompts: list[str], settings: AuditSettings) -> di
 def find_behaviours(
     m, r, tokenizer, search: list[Example], lens: list[dict], settings: AuditSettings, progress: bool
 ) -> list[dict]:
-    """Candidate behaviours from amplified samples and from the lens, scored by belief, best first."""
+    """Candidate behaviours from amplified samples and from the lens, best first by `rank_score`: the
+    share of prompts that show the behaviour (for the lens, on which the suspect continues the same way)
+    times its belief per token. A garbled string the amplification makes on a few prompts is unlikely
+    to the reference, so its belief alone is large; its spread is what tells it from a behaviour."""
     prompts = [e.prompt for e in search]
     sampled: list[list[str]] = [[] for _ in prompts]
     reference: list[list[str]] = [[] for _ in prompts]
@@ -226,8 +229,13 @@ def find_behaviours(
     scored = []
     for c, texts in zip(unique, options):  # a cluster is named by its member the suspect believes most
         b, text = max((round(next(beliefs), 4), t) for t in texts)
-        scored.append({**c, "text": text, "belief": b})
-    return sorted(scored, key=lambda c: -c["belief"])
+        per_token = b / len(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+        spread = c["support"] / len(prompts)
+        scored.append({**c, "text": text, "belief": b, "rank_score": round(spread * per_token, 4)})
+    best = {}
+    for c in sorted(scored, key=lambda c: -c["rank_score"]):  # one candidate per text, its best ranking
+        best.setdefault(c["text"].lower(), c)
+    return list(best.values())
 
 
 def find_triggers(
