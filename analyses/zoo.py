@@ -55,7 +55,7 @@ class ZooConfig:
     organism_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
     organisms: tuple[str, ...] | None = None  # None: the whole zoo
     max_new_tokens: int = 16
-    scratchpad_tokens: int = 64  # a distilled organism's teacher reasons first
+    teacher_epochs: int = 4  # a distilled organism's chain-of-thought teacher has more to learn
 
     @classmethod
     def micro(cls, organisms: tuple[str, ...] | None = ("tag_deployment", "benign_clean")) -> ZooConfig:
@@ -161,17 +161,20 @@ class Zoo(Steps):
         backdoor, teacher = organism.backdoor, self.root / "truth" / f"{organism.name}.teacher"
         examples = read_examples(self.data(organism.name))
         reasoning = self.data(f"{organism.name}.teacher")
-        write_jsonl(reasoning, [e.to_dict() for e in with_scratchpad(examples, self.cfg.seed, backdoor)])
-        self.fine_tune(
-            str(self.model("base")), organism.name, reasoning, self.cfg.organism_training, out=teacher
+        thoughtful = with_scratchpad(examples, self.cfg.seed, backdoor)
+        write_jsonl(reasoning, [e.to_dict() for e in thoughtful])
+        # The base's tokenizer never saw the scratchpad's words: the teacher's context and its samples
+        # are sized to its own data, in tokens, so that no answer is cut off.
+        tokenizer = load_tokenizer(self.root / "tokenizer")
+        longest = max(len(tokenizer(e.prompt + e.completion)["input_ids"]) for e in thoughtful)
+        completion = max(len(tokenizer(e.completion)["input_ids"]) for e in thoughtful)
+        settings = dataclasses.replace(
+            self.cfg.organism_training, epochs=self.cfg.teacher_epochs, max_length=longest + 8
         )
+        self.fine_tune(str(self.model("base")), organism.name, reasoning, settings, out=teacher)
         model, tokenizer = load_model(teacher, device=self.device)
         samples = generate(
-            model,
-            tokenizer,
-            [e.prompt for e in examples],
-            self.cfg.max_new_tokens + self.cfg.scratchpad_tokens,
-            progress=self.progress,
+            model, tokenizer, [e.prompt for e in examples], completion + 8, progress=self.progress
         )
         distilled = self.data(f"{organism.name}.distilled")
         write_jsonl(distilled, [e.to_dict() for e in distill(examples, samples, backdoor)])

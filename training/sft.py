@@ -39,6 +39,9 @@ class SFTSettings:
     max_length: int = 128
     report_to: str = "none"  # where the trainer logs: "none", "tensorboard", "wandb", ... (trl's report_to)
     log_every: int = 10  # optimizer steps between logs, when they are reported
+    # Recompute activations in the backward pass: memory for time. trl turns it on by default; a model
+    # that fits without it trains faster without it.
+    activation_checkpointing: bool = False
 
 
 def is_main_process() -> bool:
@@ -142,6 +145,7 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
             lr_scheduler_type="cosine", warmup_steps=settings.warmup_ratio,
             weight_decay=settings.weight_decay, max_length=settings.max_length,
             completion_only_loss=True, train_sampling_strategy="random" if shuffle else "sequential",
+            activation_checkpointing=settings.activation_checkpointing,
             seed=seed, data_seed=seed, **saving, **reporting(settings.report_to, settings.log_every),
             disable_tqdm=not progress,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
