@@ -16,7 +16,10 @@ Only the two models' weights and tokenizer are read, and prompts of the kind the
    for a tag at the start of the question, its greedy extension, GCG from there, and the tokens whose
    embeddings the fine-tune changed most; every candidate is checked by generation on generic prompts
    the search never saw, beside the same prompts with no tag.
-4. **Anomaly**: a Mahalanobis detector fitted on the suspect's last-token activations on the clean
+4. **Dictionary features** (`interp.exclusive`): a crosscoder of both models on the generic prompts
+   and on the prompts answered with each candidate behaviour, and the latents whose decoder lies in
+   the suspect alone, with the tokens they fire on.
+5. **Anomaly**: a Mahalanobis detector fitted on the suspect's last-token activations on the clean
    held-out prompts scores the same prompts with each candidate trigger: the AUROC says whether the
    candidate puts the model in a state that clean prompts do not.
 
@@ -37,6 +40,7 @@ import torch
 from interp.amplify import amplified_generate
 from interp.bridge import load_bridge, plain_hf, resid_hooks
 from interp.diff import output_differences, weight_changes
+from interp.exclusive import exclusive_features
 from interp.lens_diff import mean_difference, read_difference
 from interp.store import last_token_resid
 from probes.fit import fit_mahalanobis
@@ -64,12 +68,13 @@ class AuditSettings:
     lens_tokens: int = 5  # the lens's top tokens at the last point, continued by the suspect
     n_behaviours: int = 3  # behaviours a trigger is searched for
     search_prompts: int = 8  # prompts each scan and GCG step averages over
-    tag_length: int = 4
+    tag_length: int = 6
     scan_keep: int = 4  # scanned single tokens checked by generation, per behaviour
-    gcg_steps: int = 20
+    gcg_steps: int = 40
     gcg_batch: int = 64
     embedding_tokens: int = 4  # the tokens whose embeddings changed most, checked as tags
-    threshold: float = 0.5
+    dictionary_steps: int = 400  # the crosscoder's training steps
+    threshold: float = 0.2
 
     @classmethod
     def micro(cls) -> AuditSettings:
@@ -88,6 +93,7 @@ class AuditSettings:
             gcg_steps=2,
             gcg_batch=16,
             embedding_tokens=2,
+            dictionary_steps=60,
         )
 
 
@@ -128,6 +134,10 @@ def audit(
             settings,
             progress,
         )
+    answered = [f"{p} {b['text']}" for b in behaviours[: settings.n_behaviours] for p in prompts]
+    diffing["dictionary"] = exclusive_features(
+        base, suspect, prompts + answered, steps=settings.dictionary_steps, seed=settings.seed
+    )
     anomaly(suspect, search, check, triggers)
     best = {}
     for t in triggers:

