@@ -3,7 +3,8 @@ stage's matched pairs, in one run: how well each ranks the same cells, and how l
 
 Exact denoising patching sweeps three grids: heads over all positions (z_all_pos, layer × head), MLP
 outputs (mlp_out, layer × position) and heads by position (z_by_pos, layer × position × head). The
-node scores of plain attribution (ig_steps=1) and of EAP-IG are summed to the same grids, and each is
+node scores of plain attribution (ig_steps=1) and of EAP-IG (the input embeddings' path, and each
+site's own path: `interp.attribute`'s `path`) are summed to the same grids, and each is
 compared with exact patching by Spearman's rank correlation over all cells, and by Spearman's and
 Pearson's correlation over the cells at or after the first trigger token ("moving": the earlier ones
 are equal in both runs, so every method scores them 0). Most cells have small effects whose order is
@@ -27,7 +28,7 @@ from scipy.stats import pearsonr, spearmanr  # noqa: E402
 from transformer_lens.tools.analysis.attribution_patching import attribution_patch  # noqa: E402
 
 from analyses.trigger import matched_batch  # noqa: E402
-from benchmarks.timing import best_time, machine_line, stage_parser  # noqa: E402
+from benchmarks.timing import best_time, machine_line, same_threads, stage_parser  # noqa: E402
 from interp.attribute import Attribution, attribute  # noqa: E402
 from interp.pairs import backdoor_logit_diff  # noqa: E402
 from interp.patch import activation_patch  # noqa: E402
@@ -43,16 +44,25 @@ def on_grid(scores: Attribution, grid: str) -> torch.Tensor:
 
 def tl_difference(ours: Attribution, reference) -> float:
     """The largest |ours - TransformerLens| over the embed, head and MLP nodes."""
-    return max(abs(ours.node(n.kind, n.position, n.layer, n.head) - value)
-               for n, value in reference.node_scores.items())
+    def score(n):
+        if n.kind == "embed":
+            return ours.embed[n.position]
+        if n.kind == "attn_head_out":
+            return ours.heads[n.layer, n.position, n.head]
+        return ours.mlp[n.layer, n.position]
+    return max(abs(float(score(n)) - value) for n, value in reference.node_scores.items()
+               if n.kind in ("embed", "attn_head_out", "mlp_out"))
 
 
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50], help="EAP-IG steps")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with same_threads(args.threads):
+        compare(args)
+
+
+def compare(args) -> None:
     bridge, pairs, clean, corrupted, _ = matched_batch(RunDir(args.run), args.stage, args.pairs, None)
     # The first pair's tokens for every pair: TransformerLens scores one prompt at a time, so a metric
     # that knows each row's pair (`pair_metric`) would not reach it.
@@ -71,25 +81,26 @@ def main() -> None:
     t_tl, reference = best_time(lambda: attribution_patch(bridge, clean, corrupted,
                                                           lambda logits: metric(logits).sum()), args.repeats)
     methods = {}
-    for steps in [1, *args.steps]:
-        methods[steps] = best_time(lambda steps=steps: attribute(bridge, clean, corrupted, metric,
-                                                                 ig_steps=steps), args.repeats)
-    difference = tl_difference(methods[1][1], reference)
+    for path, steps in [("input", 1), *((path, s) for path in ("input", "site") for s in args.steps)]:
+        methods[path, steps] = best_time(lambda path=path, steps=steps: attribute(
+            bridge, clean, corrupted, metric, ig_steps=steps, path=path), args.repeats)
+    difference = tl_difference(methods["input", 1][1], reference)
     if difference > 1e-4:
         raise SystemExit(f"attribution disagrees with TransformerLens by {difference:.2e}")
 
-    ours = methods[1][1]
+    ours = methods["input", 1][1]
     print(machine_line())
     print(f"stage {args.stage}: {len(pairs)} pairs of {clean.shape[1]} tokens, trigger from position "
           f"{first_trigger}; metric clean {ours.clean_metric:.3f}, corrupted {ours.corrupted_metric:.3f}")
     print(f"ig_steps=1 vs TransformerLens attribution_patch: max |ours - TL| = {difference:.2e}; "
-          f"TL {t_tl:.3f} s, ours {methods[1][0]:.3f} s, speed-up (TL / ours) {t_tl / methods[1][0]:.1f}x")
+          f"TL {t_tl:.3f} s, ours {methods['input', 1][0]:.3f} s, "
+          f"speed-up (TL / ours) {t_tl / methods['input', 1][0]:.1f}x")
     print(f"exact patching, three grids: {t_exact:.3f} s")
     print("Spearman over all cells / Spearman over moving cells / Pearson over moving cells:")
     header = "".join(f"{grid:>23}" for grid in GRIDS)
-    print(f"{'method':<12}{'time s':>8}{'exact/attr':>11}{'embed sum/gap':>14}{header}")
+    print(f"{'method':<22}{'time s':>8}{'exact/attr':>11}{'embed sum/gap':>14}{header}")
     gap = ours.clean_metric - ours.corrupted_metric
-    for steps, (seconds, scores) in methods.items():
+    for (path, steps), (seconds, scores) in methods.items():
         cells = []
         for grid in GRIDS:
             mine, theirs = on_grid(scores, grid), exact[grid]
@@ -98,8 +109,8 @@ def main() -> None:
             cells.append(f"{spearmanr(mine.flatten(), theirs.flatten())[0]:>9.3f}"
                          f"{spearmanr(mine_moving, theirs_moving)[0]:>7.3f}"
                          f"{pearsonr(mine_moving, theirs_moving)[0]:>7.3f}")
-        name = "attribution" if steps == 1 else f"EAP-IG {steps}"
-        print(f"{name:<12}{seconds:>8.3f}{t_exact / seconds:>10.0f}x{scores.embed.sum().item() / gap:>14.3f}"
+        name = "attribution" if steps == 1 else f"EAP-IG {steps}, {path} path"
+        print(f"{name:<22}{seconds:>8.3f}{t_exact / seconds:>10.0f}x{scores.embed.sum().item() / gap:>14.3f}"
               + "".join(cells))
 
 

@@ -25,7 +25,6 @@ import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 import torch  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 
 from analyses.features import (  # noqa: E402
     FeatureSettings,
@@ -35,8 +34,7 @@ from analyses.features import (  # noqa: E402
     store_texts,
 )
 from analyses.trigger import load_stage  # noqa: E402
-from benchmarks.edge_memory import peak_increase  # noqa: E402
-from benchmarks.timing import machine, machine_line  # noqa: E402
+from benchmarks.timing import machine, machine_line, peak_increase, same_threads  # noqa: E402
 from interp.dictionary import Dictionary, dictionary_loss, train_dictionary  # noqa: E402
 from interp.features import hook_activations  # noqa: E402
 from interp.store import ActivationStore  # noqa: E402
@@ -60,8 +58,7 @@ def plain_loop(cfg, rows: torch.Tensor) -> Dictionary:
 
 
 def side(name: str, args) -> dict:
-    torch.set_num_threads(args.threads)
-    with threadpool_limits(args.threads):
+    with same_threads(args.threads):
         store = ActivationStore(args.store)
         cfg = args.cfg
         if name == "train_dictionary":

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from benchmarks.timing import best_time, machine, machine_line  # noqa: E402
+from benchmarks.timing import best_time, machine, machine_line, peak_increase  # noqa: E402
 from interp.attribute import attribute, attribute_edges  # noqa: E402
 from interp.bridge import load_bridge  # noqa: E402
 from interp.pairs import backdoor_logit_diff  # noqa: E402
@@ -57,20 +57,6 @@ def build(args) -> tuple[LlamaForCausalLM, torch.Tensor, torch.Tensor]:
     model.config.architectures = [type(model).__name__]
     clean, corrupted = torch.randint(args.vocab, (2, args.pairs, args.pos))
     return model, clean, corrupted
-
-
-def rss_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="utf-8") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field))
-
-
-def peak_increase(fn) -> tuple[object, float]:
-    """`fn()`, and the resident-set peak while it ran above the resident set before it, in MiB."""
-    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
-        f.write("5")  # the high-water mark back to what is resident now
-    before = rss_kib("VmRSS")
-    result = fn()
-    return result, (rss_kib("VmHWM") - before) / 1024
 
 
 def name(method: tuple[str, int, int | None]) -> str:

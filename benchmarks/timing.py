@@ -6,8 +6,10 @@ import argparse
 import os
 import platform
 import time
+from contextlib import contextmanager
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from training.artifacts import git_commit, versions
 
@@ -23,6 +25,22 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def same_threads(n: int | None):
+    """Both sides of a benchmark under one thread count: torch's, and every BLAS and OpenMP pool that
+    numpy and scikit-learn use (threadpoolctl). None leaves them as they are."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def best_time(fn, repeats: int) -> tuple[float, object]:
     """The shortest of `repeats` timed calls after one warm-up call, and the last call's result."""
     fn()
@@ -32,6 +50,20 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
         result = fn()
         times.append(time.perf_counter() - start)
     return min(times), result
+
+
+def rss_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+
+def peak_increase(fn) -> tuple[object, float]:
+    """`fn()`, and the resident-set peak while it ran above the resident set before it, in MiB."""
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+        f.write("5")  # the high-water mark back to what is resident now
+    before = rss_kib("VmRSS")
+    result = fn()
+    return result, (rss_kib("VmHWM") - before) / 1024
 
 
 def machine() -> dict:

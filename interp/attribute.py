@@ -5,7 +5,10 @@ as (a_clean - a_corrupted) · ∂metric/∂a, with the gradient taken on the cor
 TransformerLens's `attribution_patch`). EAP-IG (Hanna et al. 2024) replaces that gradient by its mean
 along a straight path of input embeddings from the corrupted prompt to the clean one: the left Riemann
 sum at alpha = k / ig_steps, k = 0 … ig_steps - 1, so `ig_steps=1` is plain attribution patching and
-the input's scores sum to metric(clean) - metric(corrupted) as the steps grow.
+the input's scores sum to metric(clean) - metric(corrupted) as the steps grow. With `path="site"`
+each site's gradient is averaged along its own path instead: that site's activation alone moves from
+corrupted to clean (IG at the reader's input, as Marks et al. 2024 integrate), one set of passes
+per site, so that a site's scores sum to the effect of patching the whole site.
 
 Nodes are the embedding, each head's `hook_z`, each MLP's output and its neurons (`mlp.hook_post`).
 Edges go from a writer into the residual stream to a later reader of it at the same position, as the
@@ -101,8 +104,11 @@ class EdgeAttribution:
 
 
 def attribute(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: Int[torch.Tensor, "batch pos"],
-              metric: Metric, *, ig_steps: int = 1, chunk: int | None = None) -> Attribution:
-    """Every node's attribution score, averaged over the pairs (see the module docstring).
+              metric: Metric, *, ig_steps: int = 1, chunk: int | None = None, path: str = "input"
+              ) -> Attribution:
+    """Every node's attribution score, averaged over the pairs (see the module docstring); `path` is
+    "input" (the input embeddings move, one set of passes for every site) or "site" (each site moves
+    alone).
 
     All pairs and `chunk` interpolation steps (default: all) share one forward and backward pass:
     memory grows with chunk × batch sequences.
@@ -124,7 +130,10 @@ def attribute(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: Int[torc
     z, mlp, post = ([name.format(layer) for layer in layers] for name in
                     ("blocks.{}.attn.hook_z", "blocks.{}.hook_mlp_out", "blocks.{}.mlp.hook_post"))
     names = [EMBED, *z, *mlp, *post]
-    run = _integrate(bridge, clean, corrupted, metric, names, names, ig_steps, chunk)
+    if path not in ("input", "site"):
+        raise ValueError(f'path is "input" or "site", not {path!r}')
+    integrate = _integrate if path == "input" else _integrate_sites
+    run = integrate(bridge, clean, corrupted, metric, names, names, ig_steps, chunk)
     delta = {name: run.clean[name] - run.corrupted[name] for name in names}
     score = {name: (delta[name] * run.grad[name]).sum(-1).mean(0) for name in names}
     return Attribution(
@@ -215,6 +224,48 @@ def _integrate(bridge, clean, corrupted, metric: Metric, act_names: list[str], g
                 clean_metric, corrupted_metric)
 
 
+def _integrate_sites(bridge, clean, corrupted, metric: Metric, act_names: list[str], grad_names: list[str],
+                     ig_steps: int, chunk: int | None) -> _Run:
+    """As `_integrate`, but each site's gradient is averaged along that site's own path: its activation
+    moves from corrupted to clean while everything upstream stays corrupted."""
+    _check(clean, corrupted, ig_steps, chunk)
+    device = device_of(bridge)
+    clean, corrupted = clean.to(device), corrupted.to(device)
+    batch, names = clean.shape[0], list(dict.fromkeys([*act_names, *grad_names]))
+    runs = []
+    with torch.no_grad():
+        for tokens in (clean, corrupted):
+            acts: dict[str, torch.Tensor] = {}
+            with bridge.hooks(fwd_hooks=[(name, keep_into(acts, name)) for name in names]):
+                runs.append((acts, metric(bridge(tokens)).mean().item()))
+    (clean_acts, clean_metric), (corrupted_acts, corrupted_metric) = runs
+    grads = {}
+    chunk = chunk or ig_steps
+    for name in grad_names:
+        grads[name] = 0.0
+        for start in range(0, ig_steps, chunk):
+            alphas = torch.arange(start, min(start + chunk, ig_steps), device=device) / ig_steps
+            deltas = {}
+            hook = _site_path_hook(name, deltas, clean_acts[name], alphas.repeat_interleave(batch))
+            with torch.enable_grad(), _no_weight_grads(bridge), bridge.hooks(fwd_hooks=[(name, hook)]):
+                values = metric(bridge(corrupted.repeat(len(alphas), 1)))
+                grad, = torch.autograd.grad(values.sum(), [deltas[name]])
+            grads[name] = grads[name] + einops.reduce(grad, "(step batch) ... -> batch ...", "sum",
+                                                      step=len(alphas))
+    return _Run(clean_acts, corrupted_acts, {name: grad / ig_steps for name, grad in grads.items()},
+                clean_metric, corrupted_metric)
+
+
+def _site_path_hook(name: str, deltas: dict, clean_act, alphas):
+    """A hook that moves one site's activation toward its clean value and adds a zero leaf there."""
+    def hook(activation, hook):
+        activation = _toward(activation, clean_act, alphas)
+        deltas[name] = torch.zeros_like(activation, requires_grad=True)
+        return activation + deltas[name]
+
+    return hook
+
+
 @contextmanager
 def _no_weight_grads(bridge) -> Iterator[None]:
     """The weights out of autograd for the call (only activations' gradients are wanted), then back."""
@@ -240,9 +291,7 @@ def _grad_hook(name: str, acts: dict | None, deltas: dict, wants_grad: bool, cle
     activation (`acts` given), and adds a zero leaf whose gradient is the activation's."""
     def hook(activation, hook):
         if clean_embed is not None:
-            target = tile(clean_embed, len(alphas) // len(clean_embed))
-            step = alphas.view(-1, *[1] * (activation.dim() - 1)) * (target - activation)
-            activation = activation + step.to(activation.dtype)
+            activation = _toward(activation, clean_embed, alphas)
         if acts is not None:
             acts[name] = activation.detach()
         if wants_grad:
@@ -251,6 +300,13 @@ def _grad_hook(name: str, acts: dict | None, deltas: dict, wants_grad: bool, cle
         return activation
 
     return hook
+
+
+def _toward(activation: torch.Tensor, clean: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """[steps × batch, ...] activations moved `alphas` of the way to the clean ones [batch, ...]."""
+    target = tile(clean, len(alphas) // len(clean))
+    step = alphas.view(-1, *[1] * (activation.dim() - 1)) * (target - activation)
+    return activation + step.to(activation.dtype)
 
 
 def tile(tensor: torch.Tensor, steps: int) -> torch.Tensor:

@@ -79,6 +79,24 @@ def test_eap_ig_input_scores_complete_the_metric_gap(bridge, pairs):
     assert error_many < 0.05 * abs(gap) and error_many < error_one / 5
 
 
+def test_a_sites_own_path_completes_patching_that_whole_site(bridge, pairs):
+    """With `path="site"` each MLP's scores add up to the exact effect of patching its whole output
+    (every position) from clean into corrupted, and one step is plain attribution patching."""
+    clean, corrupted, metric = pairs
+    site = attribute(bridge, clean, corrupted, metric, ig_steps=32, path="site")
+    one = attribute(bridge, clean, corrupted, metric, ig_steps=1, path="site")
+    torch.testing.assert_close(one.heads, attribute(bridge, *pairs).heads, atol=1e-5, rtol=0)
+    for layer in range(bridge.cfg.n_layers):
+        name = f"blocks.{layer}.hook_mlp_out"
+        _, cache = bridge.run_with_cache(clean, names_filter=[name])
+        clean_out = cache[name]
+        patched = bridge.run_with_hooks(corrupted, fwd_hooks=[(name, lambda act, hook, out=clean_out: out)])
+        effect = metric(patched).mean().item() - site.corrupted_metric
+        assert site.mlp[layer].sum().item() == pytest.approx(effect, abs=0.05 * abs(effect) + 1e-3), layer
+    with pytest.raises(ValueError, match="path"):
+        attribute(bridge, clean, corrupted, metric, path="output")
+
+
 def test_chunks_of_steps_add_up_to_one_pass(bridge, pairs):
     whole = attribute(bridge, *pairs, ig_steps=5)
     chunked = attribute(bridge, *pairs, ig_steps=5, chunk=2)
