@@ -19,6 +19,7 @@ The result has TransformerLens's shape for the same sweep (`patching.get_act_pat
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from contextlib import nullcontext
 
@@ -79,13 +80,15 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
     fast = site.hook in SKIPPABLE and _plain_forward_agrees(bridge, receiver)
     donor_acts, receiver_acts = activations(bridge, donor, hooks), activations(bridge, receiver, hooks)
     with plain_hf(bridge) if fast else nullcontext():
-        scores = torch.full(shape, metric(bridge.original_model(receiver).logits).mean().item())
+        logits = bridge.original_model(receiver).logits
+        scores = torch.full(shape, metric(logits).mean().item())
         cells = [cell for cell in itertools.product(*map(range, shape))
                  if not torch.equal(*(acts[hooks[cell[0]]][_selector(site, cell)]
                                       for acts in (donor_acts, receiver_acts)))]
         if fast:
             chunks = _residual_chunks(site, cells, receiver.shape[1], cells_per_pass)
-            run = _residual_runner(bridge, site, hooks, donor_acts, receiver_acts, receiver)
+            last = _reads_last_position(metric, logits) and _keeps_logits(bridge.original_model)
+            run = _residual_runner(bridge, site, hooks, donor_acts, receiver_acts, receiver, last)
         else:
             chunks = [cells[i:i + cells_per_pass] for i in range(0, len(cells), cells_per_pass)]
             run = _hooked_runner(bridge, site, hooks, donor_acts, receiver)
@@ -138,9 +141,10 @@ def _residual_chunks(site: Site, cells: list[tuple[int, ...]], n_pos: int, cells
 
 
 def _residual_runner(bridge, site: Site, hooks: list[str], donor_acts: dict, receiver_acts: dict,
-                     receiver: torch.Tensor):
+                     receiver: torch.Tensor, last: bool = False):
     """Patched logits of a chunk of cells of one layer, to be run within `plain_hf`: the plain HF model
-    from that layer and from the chunk's first changed position."""
+    from that layer and from the chunk's first changed position; with `last`, the last position's
+    logits alone (for a metric that reads nothing else)."""
     hf = bridge.original_model
     out = hf(receiver, cache=DynamicCache(), use_cache=True)  # full layers: every key kept
     keys_values = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
@@ -160,28 +164,48 @@ def _residual_runner(bridge, site: Site, hooks: list[str], donor_acts: dict, rec
         cache = DynamicCache()
         for i, (k, v) in enumerate(keys_values):
             cache.update(*(repeat(x[:, :, :start], per_cell, cell=len(chunk)) for x in (k, v)), i)
-        suffix = _run_from(bridge, hf, layer + SKIPPABLE[site.hook], copies.flatten(0, 1), cache)
+        suffix = _run_from(bridge, hf, layer + SKIPPABLE[site.hook], copies.flatten(0, 1), cache, last)
+        if last:
+            return suffix
         return torch.cat([repeat(out.logits[:, :start], per_cell, cell=len(chunk)), suffix], dim=1)
 
     return run
 
 
-def _run_from(bridge, hf, layer: int, resid: Float[torch.Tensor, "batch pos d_model"], cache=None
-              ) -> Float[torch.Tensor, "batch pos vocab"]:
+def _run_from(bridge, hf, layer: int, resid: Float[torch.Tensor, "batch pos d_model"], cache=None,
+              last: bool = False) -> Float[torch.Tensor, "batch pos vocab"]:
     """The plain HF model's logits from the residual stream entering `layer` (n_layers: the final norm),
-    after the positions held in `cache`: the blocks below `layer` (in the adapter's `blocks` list) pass
-    their input through, and `resid` goes in as the input of `layer`. The blocks keep their places, so
-    per-layer settings (sliding windows, say) stay with their layers."""
+    after the positions held in `cache` (with `last`, the last position's only): the blocks below
+    `layer` (in the adapter's `blocks` list) pass their input through, and `resid` goes in as the input
+    of `layer`. The blocks keep their places, so per-layer settings (sliding windows, say) stay with
+    their layers."""
     blocks = hf.get_submodule(bridge.adapter.component_mapping["blocks"].name)
     below = list(blocks[:layer])
     for i in range(layer):
         blocks[i] = _PASS_THROUGH
     try:
         with on_input(residual_modules(bridge)[layer], lambda _: resid):
-            return hf(inputs_embeds=resid, cache=cache, use_cache=cache is not None).logits
+            keep = {"logits_to_keep": 1} if last else {}
+            return hf(inputs_embeds=resid, cache=cache, use_cache=cache is not None, **keep).logits
     finally:
         for i, block in enumerate(below):
             blocks[i] = block
+
+
+def _reads_last_position(metric: Metric, logits: Float[torch.Tensor, "batch pos vocab"]) -> bool:
+    """Whether the metric reads the last position alone: it gives the same values on that position
+    alone, and on the logits with every earlier position NaN."""
+    blind = torch.cat([torch.full_like(logits[:, :-1], float("nan")), logits[:, -1:]], dim=1)
+    try:
+        want, alone, unseen = metric(logits), metric(logits[:, -1:]), metric(blind)
+    except (IndexError, RuntimeError, ValueError):
+        return False
+    return all(torch.allclose(want, other, rtol=1e-6, atol=1e-6) for other in (alone, unseen))
+
+
+def _keeps_logits(hf) -> bool:
+    """Whether the HF model's forward can compute the last position's logits alone."""
+    return "logits_to_keep" in inspect.signature(hf.forward).parameters
 
 
 class _PassThrough(torch.nn.Module):

@@ -64,3 +64,23 @@ def test_residual_fast_path_equals_the_hooked_path(bridge, pairs, site, monkeypa
         torch.testing.assert_close(fast, torch.full_like(fast, clean_metric), atol=1e-4, rtol=0)
     else:
         assert fast.std() > 0
+
+
+def test_a_metric_that_reads_earlier_positions_gets_them_all(bridge, pairs):
+    """The fast path computes the last position's logits alone only for a metric that reads nothing
+    else; a metric of every position's logits still equals TransformerLens's."""
+    clean, corrupted, _ = pairs
+    token = int(clean[0, -1])
+
+    def every_position(logits):
+        return logits[..., token].mean(-1)
+
+    assert patch._reads_last_position(pairs[2], bridge(corrupted))
+    assert not patch._reads_last_position(every_position, bridge(corrupted))
+    ours = activation_patch(bridge, clean, corrupted, "resid_pre", every_position, progress=False)
+    _, cache = bridge.run_with_cache(clean)
+    with torch.no_grad():
+        reference = REFERENCE["resid_pre"](bridge, corrupted, cache,
+                                           lambda logits: every_position(logits).mean())
+    torch.testing.assert_close(ours, reference.float(), atol=1e-4, rtol=0)
+    assert ours.std() > 0
