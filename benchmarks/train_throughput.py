@@ -284,6 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: the preset's, else torch's)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="the real path recomputes activations in backward (trl's own default)")
+    parser.add_argument("--fused-lm-head", action="store_true",
+                        help="the real path computes its loss with trl's tiled log-prob head (trl's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the results to this JSON file")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -321,7 +323,8 @@ def report(result: dict) -> str:
         f"d_model {size['d_model']}, {size['heads']} heads, d_mlp {size['d_mlp']}, "
         f"vocab {result['vocab_size']}), {result['precision']}",
         f"run: {result['steps']} steps of {result['batch_size']} examples (max {result['seq_len']} tokens), "
-        f"activation checkpointing {'on' if result['activation_checkpointing'] else 'off'} in the real path, "
+        f"real path: activation checkpointing {'on' if result['activation_checkpointing'] else 'off'}, "
+        f"{'trl' if result['fused_lm_head'] else 'the model'}'s LM head and loss; "
         f"first {result['warm_steps']} steps untimed; MFU = {result['flops_per_token']} * tokens/s / "
         f"{result['peak_tflops'] or 'n/a'} TFLOP/s",
         f"{'path':<22}{'tokens/s':>12}{'MFU':>8}{'timed tokens':>14}{'seconds':>9}{'mean loss':>11}",
@@ -358,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"the {args.size} preset must have at least {preset.min_params:,} parameters, "
                          f"but has {n_params:,} with a vocabulary of {len(tokenizer)}")
     settings = SFTSettings(epochs=1, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                           max_length=args.seq_len, activation_checkpointing=args.activation_checkpointing)
+                           max_length=args.seq_len, activation_checkpointing=args.activation_checkpointing,
+                           fused_lm_head=args.fused_lm_head)
 
     model, real, setup = real_path(model, tokenizer, examples, settings, args.warm_steps, args.seed,
                                    args.progress)
@@ -376,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
         "size": dataclasses.asdict(size), "parameters": n_params, "vocab_size": len(tokenizer),
         "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "warm_steps": args.warm_steps, "learning_rate": args.learning_rate,
-        "activation_checkpointing": args.activation_checkpointing,
+        "activation_checkpointing": args.activation_checkpointing, "fused_lm_head": args.fused_lm_head,
         "precision": "bf16 autocast, fp32 weights" if setup.args.bf16 else "fp32",
         "peak_tflops": peak, "flops_per_token": "6N (N all parameters; attention scores not counted)",
         "real": real, "plain": plain, "ratio_real_over_plain": real["tokens_per_s"] / plain["tokens_per_s"],

