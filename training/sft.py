@@ -115,12 +115,21 @@ class ModelLossSFTTrainer(SFTTrainer):
     tokens' summed negative log-likelihood over `num_items_in_batch`); the entropy and token-accuracy
     logs are not kept."""
 
+    _flops_per_token: int | None = None
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch)
         loss = outputs.loss
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages the gradients, as in trl's loss
         return (loss, outputs) if return_outputs else loss
+
+    def floating_point_ops(self, inputs) -> int:
+        """The trainer's estimate (6 x tokens x non-embedding parameters), its parameter count taken once
+        rather than walked through every step."""
+        if self._flops_per_token is None:
+            self._flops_per_token = 6 * self.model.num_parameters(exclude_embeddings=True)
+        return self._flops_per_token * inputs["input_ids"].numel()
 
 
 def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, seed: int,
