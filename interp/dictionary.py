@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from einops import einsum
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -78,6 +78,34 @@ class DictionaryConfig:
         return len(self.sources)
 
 
+def batch_top(scores: Float[torch.Tensor, "... d_sae"], n: int, stride: int = 16
+              ) -> Bool[torch.Tensor, "... d_sae"]:
+    """Where the `n` highest scores of the whole batch are. The search is narrowed to the scores above
+    a cut read off every `stride`-th score (its 2n/stride-th highest, so about 2n scores pass) when at
+    least n pass, as they then hold the n highest: the same result as topk over all (up to ties), and
+    several times faster on a CPU.
+
+    >>> scores = torch.randperm(64, generator=torch.Generator().manual_seed(0)).float().view(4, 16)
+    >>> top = batch_top(scores, 5, stride=4)
+    >>> scores[top].sort().values.tolist()
+    [59.0, 60.0, 61.0, 62.0, 63.0]
+    """
+    flat = scores.flatten()
+    n = min(n, flat.numel())
+    sample = flat[::stride]
+    where = None
+    if 2 * n // stride < len(sample):
+        cut = sample.topk(max(1, 2 * n // stride), sorted=False).values.min()
+        above = (flat >= cut).nonzero().squeeze(1)
+        if len(above) >= n:
+            where = above[flat[above].topk(n, sorted=False).indices]
+    if where is None:
+        where = flat.topk(n, sorted=False).indices
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[where] = True
+    return keep.view_as(scores)
+
+
 class Dictionary(nn.Module):
     """A sparse dictionary (see the module docstring); `forward` gives the reconstruction and latents."""
 
@@ -110,10 +138,7 @@ class Dictionary(nn.Module):
             top = scores.topk(self.cfg.k).indices
             keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True) & (scores > 0)
         elif batch:
-            flat = scores.flatten()
-            keep = torch.zeros_like(flat, dtype=torch.bool)
-            keep[flat.topk(min(self.cfg.k * math.prod(scores.shape[:-1]), flat.numel())).indices] = True
-            keep = keep.view_as(scores) & (scores > 0)
+            keep = batch_top(scores, self.cfg.k * math.prod(scores.shape[:-1])) & (scores > 0)
         else:
             keep = scores > self.threshold
         return torch.where(keep, scores / self.decoder_norms(), 0.0)

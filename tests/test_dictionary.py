@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from interp.dictionary import (
     Dictionary,
     DictionaryConfig,
+    batch_top,
     load_dictionary,
     quality,
     train_dictionary,
@@ -54,6 +55,21 @@ def test_each_kind_recovers_known_sparse_features(kind, k, tmp_path):
     assert measured["explained_variance"] > 0.85
     assert 0.5 < measured["l0"] < 4
     assert measured["dead_fraction"] < 0.5 and measured["dense_fraction"] < 0.1
+
+
+@pytest.mark.parametrize("shape,n,zeros", [((256, 1024), 4096, 0.5), ((64, 32), 512, 0.0),
+                                           ((256, 1024), 4096, 0.999), ((8, 4), 32, 0.0)])
+def test_batch_top_is_topk_over_the_whole_batch(shape, n, zeros):
+    """The narrowed search picks the scores topk over all picks (distinct scores, so no ties), with
+    mostly-zero batches and n as large as the batch."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.rand(shape, generator=generator)
+    scores[torch.rand(shape, generator=generator) < zeros] = 0.0
+    want = torch.zeros(scores.numel(), dtype=torch.bool)
+    want[scores.flatten().topk(n).indices] = True
+    got = batch_top(scores, n)
+    assert got.sum() == n
+    assert torch.equal(got & (scores > 0), want.view(shape) & (scores > 0))
 
 
 def test_untrained_dictionary_explains_little():
