@@ -131,7 +131,11 @@ class Dictionary(nn.Module):
     def encode(self, x: Float[torch.Tensor, "... source d_in"], batch: bool = False
                ) -> Float[torch.Tensor, "... d_sae"]:
         """The latents; `batch=True` selects a batchtopk dictionary's latents over the batch (training)."""
-        scores = self.scores(x)
+        return self.select(self.scores(x), batch)
+
+    def select(self, scores: Float[torch.Tensor, "... d_sae"], batch: bool = False
+               ) -> Float[torch.Tensor, "... d_sae"]:
+        """The latents of these `scores`: those the kind keeps, divided by their decoder norms."""
         if self.cfg.kind == "relu":
             keep = scores > 0
         elif self.cfg.kind == "topk" or (batch is False and self.threshold < 0):
@@ -197,16 +201,18 @@ def dictionary_loss(dictionary: Dictionary, x: torch.Tensor, since_fired: torch.
     """One batch's training loss: squared error, plus the L1 penalty (relu) or the dead latents'
     auxiliary loss (topk, batchtopk); it updates `since_fired` and batchtopk's threshold."""
     cfg = dictionary.cfg
-    recon, f = dictionary(x, batch=True)
-    residual = x - recon
+    scores = dictionary.scores(x)
+    f = dictionary.select(scores, batch=True)
+    residual = x - dictionary.decode(f)
     loss = residual.pow(2).sum((-2, -1)).mean()
     if cfg.kind == "relu":
         return loss + cfg.l1_coefficient * (f * dictionary.decoder_norms()).sum(-1).mean()
     dead = since_fired >= cfg.dead_after
     if dead.any():  # the dead latents' top scores reconstruct what the live ones left
-        scores = torch.where(dead, dictionary.scores(x), 0.0)
-        top = scores.topk(min(cfg.aux_k, int(dead.sum()))).indices
-        aux = torch.zeros_like(scores).scatter_(-1, top, scores.gather(-1, top)) / dictionary.decoder_norms()
+        dead_scores = torch.where(dead, scores, 0.0)
+        top = dead_scores.topk(min(cfg.aux_k, int(dead.sum()))).indices
+        aux = (torch.zeros_like(dead_scores).scatter_(-1, top, dead_scores.gather(-1, top))
+               / dictionary.decoder_norms())
         aux_recon = einsum(aux, dictionary.W_dec, "... m, m s d -> ... s d")
         loss = loss + cfg.aux_coefficient * (aux_recon - residual.detach()).pow(2).sum((-2, -1)).mean()
     with torch.no_grad():
