@@ -96,7 +96,7 @@ TOKENIZER = train_tokenizer([e.prompt + e.completion for e in CLEAN], vocab_size
 
 
 def test_report_to_reaches_trl_for_sft_rl_and_adversarial_training(monkeypatch):
-    configs = stop_at(monkeypatch, sft, "SFTTrainer")
+    configs = stop_at(monkeypatch, sft, "ModelLossSFTTrainer")  # the default loss path
     settings = from_dict(SFTJob, {**JOB, "settings": {"report_to": "wandb", "log_every": 3}}).settings
     with pytest.raises(Reached):
         fine_tune(torch.nn.Linear(1, 1), TOKENIZER, CLEAN, settings, seed=0, progress=False)
