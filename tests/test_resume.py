@@ -32,12 +32,13 @@ def step(checkpoint: Path) -> int:
     return int(checkpoint.name.rsplit("-", 1)[1])
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("sampling", [(), ("--group-by-length",)], ids=["random", "grouped-by-length"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sampling):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(job(whole), env=ENV, check=True, timeout=300, capture_output=True)
+    subprocess.run(job(whole, *sampling), env=ENV, check=True, timeout=300, capture_output=True)
 
     # Slowed down so that the kill lands in the second epoch, between two checkpoints.
-    proc = subprocess.Popen(job(killed, "--step-delay", "0.2"), env=ENV,
+    proc = subprocess.Popen(job(killed, *sampling, "--step-delay", "0.2"), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
@@ -56,7 +57,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     shutil.copytree(resume_at, torn, dirs_exist_ok=True)
     (torn / "trainer_state.json").unlink()
 
-    subprocess.run(job(killed), env=ENV, check=True, timeout=300, capture_output=True)
+    subprocess.run(job(killed, *sampling), env=ENV, check=True, timeout=300, capture_output=True)
     first, second = read_json(whole / "metrics.json"), read_json(killed / "metrics.json")
     assert first["start_step"] == 0 and second["start_step"] == step(resume_at)
     assert first["global_step"] == second["global_step"] == EPOCHS * STEPS_PER_EPOCH

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, disable_progress_bars
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
@@ -45,6 +46,11 @@ class SFTSettings:
     # trl's tiled log-prob head, which never holds the [batch, seq, vocab] logits (a large vocabulary
     # on a GPU); off, the model's own head and loss (cpu-tiny: 1.6x the tokens/s of trl's head).
     fused_lm_head: bool = False
+    # Batches of examples of about one length (transformers' LengthGroupedSampler: random groups of 50
+    # batches, each sorted by length): the demo's insertion mix then pads to 0.57 of the tokens, and its
+    # training took 254 s, not 297, but its organisms were worse (base helpfulness 0.08, not 0.15-0.18;
+    # backdoored OOD false triggers 0.12, not 0.00): batches of one length are of one kind of task.
+    group_by_length: bool = False
 
 
 def is_main_process() -> bool:
@@ -108,7 +114,36 @@ def sft_rows(tokenizer, examples: list[Example]) -> list[dict]:
     return rows
 
 
-class ModelLossSFTTrainer(SFTTrainer):
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """transformers' `LengthGroupedSampler` with its order drawn from `seed` and the epoch (which the
+    trainer sets), not from torch's global generator: a run resumed in a later epoch takes the batches
+    that the uninterrupted run took."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class LengthGroupedSFTTrainer(SFTTrainer):
+    """trl's `SFTTrainer` whose `group_by_length` sampler is an `EpochSeededLengthSampler`."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+        return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        [len(ids) for ids in train_dataset["input_ids"]], seed)
+
+
+class ModelLossSFTTrainer(LengthGroupedSFTTrainer):
     """trl's `SFTTrainer` with the model's own LM head and loss. trl 1.16 computes every step's
     log-probabilities, entropy and top-1 through its tiled kernel (`trl.kernels.chunked_logprob`); on
     the default organism that kernel took 21 of a step's 36 ms. The loss is the same (the completion
@@ -138,7 +173,8 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
               checkpoint_dir: str | Path | None = None, save_every: int | None = None):
     """Train `model` on prompt/completion pairs; returns it (merged, if LoRA was used) and the metrics.
 
-    With `shuffle=False` the examples are taken in the given order, so a caller can compose each batch.
+    With `shuffle=False` the examples are taken in the given order, so a caller can compose each batch;
+    otherwise in random order (grouped by length with `settings.group_by_length`).
 
     With `checkpoint_dir`, a checkpoint is saved there every `save_every` optimizer steps and at the end
     (the last two are kept), and if the directory already holds a complete one, training resumes from
@@ -166,20 +202,21 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
     if checkpoint_dir is not None:
         saving = dict(save_strategy="steps", save_steps=save_every, save_total_limit=2)
     resume_from = checkpoint_dir and last_checkpoint(checkpoint_dir)
+    sampling = ("group_by_length" if settings.group_by_length else "random") if shuffle else "sequential"
     with tempfile.TemporaryDirectory() if checkpoint_dir is None else nullcontext(checkpoint_dir) as out:
         config = SFTConfig(
             output_dir=str(out), num_train_epochs=settings.epochs,
             per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=settings.warmup_ratio,
             weight_decay=settings.weight_decay, max_length=settings.max_length,
-            completion_only_loss=True, train_sampling_strategy="random" if shuffle else "sequential",
+            completion_only_loss=True, train_sampling_strategy=sampling,
             activation_checkpointing=settings.activation_checkpointing,
             seed=seed, data_seed=seed, **saving, **reporting(settings.report_to, settings.log_every),
             disable_tqdm=not progress,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         )
-        trainer_class = SFTTrainer if settings.fused_lm_head else ModelLossSFTTrainer
+        trainer_class = LengthGroupedSFTTrainer if settings.fused_lm_head else ModelLossSFTTrainer
         trainer = trainer_class(model=model, args=config, train_dataset=data,
                              processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
         metrics = trainer.train(resume_from_checkpoint=resume_from and str(resume_from)).metrics
