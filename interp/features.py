@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from einops import reduce, repeat
 from jaxtyping import Float
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
@@ -222,17 +223,33 @@ def latent_attribution(bridge, dictionary: Dictionary, hook: str, pairs: Sequenc
 
 @torch.no_grad()
 def ablation_effects(bridge, dictionary: Dictionary, hook: str, pairs: Sequence[MatchedPair],
-                     candidates: Sequence[int]) -> Float[torch.Tensor, " candidate"]:
+                     candidates: Sequence[int], sequences_per_pass: int = 64
+                     ) -> Float[torch.Tensor, " candidate"]:
     """The exact change of the backdoor metric on the triggered prompts when each candidate latent is
-    zeroed (the oracle for `latent_attribution`), averaged over `pairs`."""
-    triggered = [pair.triggered[None].to(device_of(bridge)) for pair in pairs]
-
-    def metric(hooks):
-        return float(np.mean([backdoor_logit_diff(bridge.run_with_hooks(t, fwd_hooks=hooks).float(),
-                                                  p.backdoor_token, p.helpful_token).item()
-                              for t, p in zip(triggered, pairs)]))
-    base = metric(splice(dictionary, hook))
-    return torch.tensor([metric(splice(dictionary, hook, ablate([j]))) - base for j in candidates])
+    zeroed (the oracle for `latent_attribution`), averaged over `pairs`. Prompts of one length share a
+    pass, repeated once per candidate, each copy zeroing its own latent (`sequences_per_pass` at most)."""
+    keep = torch.ones(len(candidates) + 1, dictionary.cfg.d_sae)  # row 0: the splice unedited
+    keep[torch.arange(1, len(candidates) + 1), list(candidates)] = 0.0
+    triggered = [pair.triggered.tolist() for pair in pairs]
+    totals = torch.zeros(len(keep))
+    for batch in equal_length_batches(triggered, sequences_per_pass):
+        tokens = torch.tensor([triggered[i] for i in batch], device=device_of(bridge))
+        backdoor, helpful = (torch.tensor([getattr(pairs[i], name) for i in batch], device=tokens.device)
+                             for name in ("backdoor_token", "helpful_token"))
+        per_pass = max(1, sequences_per_pass // len(batch))
+        for start in range(0, len(keep), per_pass):
+            rows = keep[start:start + per_pass].to(tokens.device)
+            per_copy = repeat(rows, "copy d_sae -> (copy batch) 1 d_sae", batch=len(batch))
+            per_row = "batch ... -> (copy batch) ..."
+            copy_tokens, copy_backdoor, copy_helpful = (repeat(x, per_row, copy=len(rows))
+                                                        for x in (tokens, backdoor, helpful))
+            edit = splice(dictionary, hook, lambda f, keep=per_copy: f * keep)
+            metric = backdoor_logit_diff(bridge.run_with_hooks(copy_tokens, fwd_hooks=edit), copy_backdoor,
+                                         copy_helpful)
+            totals[start:start + len(rows)] += reduce(metric.float(), "(copy batch) -> copy", "sum",
+                                                      copy=len(rows)).cpu()
+    means = totals / len(pairs)
+    return means[1:] - means[0]
 
 
 def attribution_check(attributed: torch.Tensor, exact: torch.Tensor) -> dict:

