@@ -141,19 +141,15 @@ def pair_metric(pairs: list[MatchedPair]):
     return metric
 
 
-def backdoor_logit_diff(logits: Float[torch.Tensor, "batch pos vocab"],
-                        backdoor_token: int | Int[torch.Tensor, " batch"],
-                        helpful_token: int | Int[torch.Tensor, " batch"]) -> Float[torch.Tensor, " batch"]:
-    """Logit of the first backdoor token minus that of the first helpful token, at the last position;
-    the tokens are one for the whole batch or one per row.
+def backdoor_logit_diff(logits: Float[torch.Tensor, "batch pos vocab"], backdoor_token: int,
+                        helpful_token: int) -> Float[torch.Tensor, " batch"]:
+    """Logit of the first backdoor token minus that of the first helpful token, at the last position.
 
-    >>> logits = torch.zeros(2, 2, 3); logits[:, -1] = torch.tensor([1.0, 4.0, 0.5])
+    >>> logits = torch.zeros(1, 2, 3); logits[0, -1] = torch.tensor([1.0, 4.0, 0.5])
     >>> backdoor_logit_diff(logits, backdoor_token=1, helpful_token=2)
-    tensor([3.5000, 3.5000])
-    >>> backdoor_logit_diff(logits, torch.tensor([1, 0]), torch.tensor([2, 1]))
-    tensor([ 3.5000, -3.0000])
+    tensor([3.5000])
     """
-    last, rows = logits[:, -1], torch.arange(logits.shape[0], device=logits.device)
-    return last[rows, backdoor_token] - last[rows, helpful_token]
+    last = logits[:, -1]
+    return last[:, backdoor_token] - last[:, helpful_token]
 
 
