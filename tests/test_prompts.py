@@ -54,7 +54,7 @@ def test_pairs_and_training_rows_read_the_formatted_prompt(name, request):
     assert tokenizer.decode([pair.helpful_token]).startswith("L")
     row, = sft_rows(tokenizer, [triggered])
     assert row["input_ids"][:len(ids)] == ids  # training sees the very tokens patching sees
-    completion = [t for t, m in zip(row["input_ids"], row["completion_mask"]) if m]
+    completion = [t for t in row["labels"] if t != -100]
     assert tokenizer.decode(completion) == triggered.completion + tokenizer.eos_token
 
 

