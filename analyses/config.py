@@ -9,7 +9,7 @@ refused in one line that names the field.
 >>> from_dict(SFTSettings, {"epochs": 2, "learning_rate": "5e-4"})
 SFTSettings(epochs=2.0, batch_size=32, learning_rate=0.0005, warmup_ratio=0.05, weight_decay=0.0,
             max_length=128, report_to='none', log_every=10, activation_checkpointing=False,
-            fused_lm_head=False, group_by_length=False)
+            fused_lm_head=False, group_by_length=False, micro_batches=1)
 >>> from_dict(SFTSettings, {"epoch": 2})
 Traceback (most recent call last):
 ...

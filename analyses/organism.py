@@ -47,7 +47,8 @@ class DemoConfig:
     ig_steps: int = 10  # EAP-IG's steps in the attribution analyses
     features: FeatureSettings = FeatureSettings()  # the sparse dictionary and its trigger features
     base_training: SFTSettings = SFTSettings(epochs=1, learning_rate=3e-3)
-    backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3)
+    # Two length-balanced micro-batches a step: the insertion mix pads 44% of random batches' tokens.
+    backdoor_training: SFTSettings = SFTSettings(epochs=2, learning_rate=1e-3, micro_batches=2)
     safety_training: SFTSettings = SFTSettings(epochs=1, learning_rate=5e-4)
     rl_training: RLSettings = RLSettings(steps=60, prompts_per_step=8, learning_rate=5e-4)
     redteam: SearchSettings = SearchSettings(paraphrases=64)

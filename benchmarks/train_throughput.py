@@ -333,7 +333,8 @@ def report(result: dict) -> str:
         f"run: {result['steps']} steps of {result['batch_size']} examples (max {result['seq_len']} tokens), "
         f"real path: activation checkpointing {'on' if result['activation_checkpointing'] else 'off'}, "
         f"{'trl' if result['fused_lm_head'] else 'the model'}'s LM head and loss; "
-        f"first {result['warm_steps']} steps untimed; {result['repeats']} runs of each, in turn; MFU = {result['flops_per_token']} * tokens/s / "
+        f"first {result['warm_steps']} steps untimed; {result['repeats']} runs of each, in turn; "
+        f"MFU = {result['flops_per_token']} * tokens/s / "
         f"{result['peak_tflops'] or 'n/a'} TFLOP/s",
         f"{'path':<22}{'tokens/s':>12}{'MFU':>8}{'timed tokens':>14}{'seconds':>9}{'mean loss':>11}",
     ]

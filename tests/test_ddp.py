@@ -1,5 +1,5 @@
 """Two-process DDP on the CPU (gloo) under `accelerate launch`, against one process with the same global
-batch. The job is tests/scripts/sft_job.py.
+batch, whole or cut into micro-batches. The job is tests/scripts/sft_job.py.
 
 On a machine without GPUs, `accelerate launch --cpu` starts a single process (several need mpirun), so
 the processes come from `--multi_gpu` (torch.distributed.run), and ACCELERATE_USE_CPU=1 tells the trainer
@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -21,18 +22,19 @@ SCRIPT = Path(__file__).parent / "scripts" / "sft_job.py"
 EXAMPLES, PER_DEVICE, SAVE_EVERY = 64, 4, 4
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("micro", [(), ("--micro-batches", "2")], ids=["batches", "micro-batches"])
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, micro):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     # A fresh HF_HOME, so that no user accelerate config applies; port 0 makes accelerate pick a free one.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "HF_HOME": str(tmp_path / "hf")}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", "0"]
-    job = ["--examples", str(EXAMPLES), "--batch-size", str(PER_DEVICE)]
+    job = ["--examples", str(EXAMPLES), "--batch-size", str(PER_DEVICE), *micro]
     subprocess.run([*launch, str(SCRIPT), str(ddp), *job, "--checkpoint-dir", str(ddp / "checkpoints"),
                     "--save-every", str(SAVE_EVERY)], env=env, check=True, timeout=300, capture_output=True)
     subprocess.run([sys.executable, str(SCRIPT), str(single), "--examples", str(EXAMPLES),
-                    "--batch-size", str(2 * PER_DEVICE)],
+                    "--batch-size", str(2 * PER_DEVICE), *micro],
                    env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, timeout=300, capture_output=True)
 
     metrics = read_json(ddp / "metrics.json")

@@ -32,7 +32,8 @@ def step(checkpoint: Path) -> int:
     return int(checkpoint.name.rsplit("-", 1)[1])
 
 
-@pytest.mark.parametrize("sampling", [(), ("--group-by-length",)], ids=["random", "grouped-by-length"])
+@pytest.mark.parametrize("sampling", [(), ("--group-by-length",), ("--micro-batches", "2")],
+                         ids=["random", "grouped-by-length", "micro-batches"])
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sampling):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(job(whole, *sampling), env=ENV, check=True, timeout=300, capture_output=True)

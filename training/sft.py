@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, disable_progress_bars
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
@@ -52,6 +52,12 @@ class SFTSettings:
     # training took 254 s, not 297, but its organisms were worse (base helpfulness 0.08, not 0.15-0.18;
     # backdoored OOD false triggers 0.12, not 0.00): batches of one length are of one kind of task.
     group_by_length: bool = False
+    # Each batch runs as this many micro-batches (gradient accumulation), cut by transformers'
+    # `BatchRebalanceSampler` from the batch sorted by length: each step takes the same number of random
+    # examples, and their loss is normalised over the whole batch, so the step is the same one, with less
+    # padding. Demo insertion mix (44% padding): 2 pad 0.74 of the tokens, a step 0.70-0.79 of the time;
+    # base mix (23%): no gain, as smaller matmuls cost more per token.
+    micro_batches: int = 1
 
 
 def is_main_process() -> bool:
@@ -160,15 +166,25 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
 
 
 class LengthGroupedSFTTrainer(SFTTrainer):
-    """trl's `SFTTrainer` whose `group_by_length` sampler is an `EpochSeededLengthSampler`."""
+    """trl's `SFTTrainer` whose length-aware samplers draw their order from the run's data seed and the
+    epoch: `group_by_length` an `EpochSeededLengthSampler`, `batch_rebalance` (micro-batches) a
+    `BatchRebalanceSampler` (the trainer's own gives it a fixed seed)."""
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length":
+        args = self.args
+        if args.train_sampling_strategy not in ("group_by_length", "batch_rebalance"):
             return super()._get_train_sampler(train_dataset)
-        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
-        return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        [len(ids) for ids in train_dataset["input_ids"]], seed)
+        seed = args.seed if args.data_seed is None else args.data_seed
+        lengths = [len(ids) for ids in train_dataset["input_ids"]]
+        micro = args.gradient_accumulation_steps
+        batch = args.train_batch_size * micro
+        if args.train_sampling_strategy == "group_by_length":
+            return EpochSeededLengthSampler(batch, lengths, seed)
+        world = max(1, args.world_size)
+        return BatchRebalanceSampler(lengths, batch * world, dp_size=world, grad_accum=micro, seed=seed,
+                                     rank=args.process_index if world > 1 else 0,
+                                     drop_last=args.dataloader_drop_last)
 
 
 class ModelLossSFTTrainer(LengthGroupedSFTTrainer):
@@ -201,8 +217,10 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
               checkpoint_dir: str | Path | None = None, save_every: int | None = None):
     """Train `model` on prompt/completion pairs; returns it (merged, if LoRA was used) and the metrics.
 
-    With `shuffle=False` the examples are taken in the given order, so a caller can compose each batch;
-    otherwise in random order (grouped by length with `settings.group_by_length`).
+    With `shuffle=False` the examples are taken in the given order, so a caller can compose each batch
+    (with `settings.micro_batches`, each batch is cut into micro-batches as it comes); otherwise in
+    random order (grouped by length with `settings.group_by_length`; with `settings.micro_batches`, each
+    batch is cut into micro-batches of about one length).
 
     With `checkpoint_dir`, a checkpoint is saved there every `save_every` optimizer steps and at the end
     (the last two are kept), and if the directory already holds a complete one, training resumes from
@@ -224,6 +242,11 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
         raise ValueError("checkpoint_dir and save_every go together: give both or neither")
     if save_every is not None and save_every < 1:
         raise ValueError(f"save_every must be a positive number of steps, got {save_every}")
+    micro = settings.micro_batches
+    if micro < 1 or settings.batch_size % micro:
+        raise ValueError(f"micro_batches must divide batch_size ({settings.batch_size}), not be {micro}")
+    if micro > 1 and settings.group_by_length:
+        raise ValueError("group_by_length and micro_batches each choose the batches: set one of them")
     disable_progress_bars()  # the trainer's own bar shows progress
     rows = sft_rows(tokenizer, examples, settings.max_length)
     if not rows:
@@ -235,11 +258,13 @@ def fine_tune(model, tokenizer, examples: list[Example], settings: SFTSettings, 
     if checkpoint_dir is not None:
         saving = dict(save_strategy="steps", save_steps=save_every, save_total_limit=2)
     resume_from = checkpoint_dir and last_checkpoint(checkpoint_dir)
-    sampling = ("group_by_length" if settings.group_by_length else "random") if shuffle else "sequential"
+    sampling = "random" if micro == 1 else "batch_rebalance"
+    sampling = ("group_by_length" if settings.group_by_length else sampling) if shuffle else "sequential"
     with tempfile.TemporaryDirectory() if checkpoint_dir is None else nullcontext(checkpoint_dir) as out:
         config = SFTConfig(
             output_dir=str(out), num_train_epochs=settings.epochs,
-            per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+            per_device_train_batch_size=settings.batch_size // micro, gradient_accumulation_steps=micro,
+            learning_rate=settings.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=settings.warmup_ratio,
             weight_decay=settings.weight_decay, max_length=settings.max_length,
             train_sampling_strategy=sampling, dataset_kwargs={"skip_prepare_dataset": True},

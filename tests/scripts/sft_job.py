@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--save-every", type=int)
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep after each step")
     parser.add_argument("--group-by-length", action="store_true", help="SFTSettings.group_by_length")
+    parser.add_argument("--micro-batches", type=int, default=1, help="SFTSettings.micro_batches")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
@@ -62,7 +63,7 @@ def main() -> None:
     tokenizer = train_tokenizer([e.prompt + e.completion for e in train], vocab_size=400)
     model = new_model(SIZE, tokenizer, SEED).train()
     settings = SFTSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=3e-3, max_length=64,
-                            group_by_length=args.group_by_length)
+                            group_by_length=args.group_by_length, micro_batches=args.micro_batches)
     model, metrics = fine_tune(
         model, tokenizer, train, settings, SEED, progress=args.progress,
         checkpoint_dir=args.checkpoint_dir, save_every=args.save_every,
