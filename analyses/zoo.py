@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from analyses.demo import Steps
+from analyses.steps import Steps
 from analyses.train import SFTJob, run_job
 from training import data
 from training.artifacts import (

@@ -19,9 +19,9 @@ from training.vocabulary import Stage  # noqa: E402
 
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> RunDir:
-    """The whole demo pipeline at its smallest size, run once per test session."""
+    """The whole demo pipeline at its smallest size, two steps at a time, run once per test session."""
     root = tmp_path_factory.mktemp("runs") / "micro"
-    run_demo(root, DemoConfig.micro(seed=0), progress=False)
+    run_demo(root, DemoConfig.micro(seed=0), progress=False, workers=2)
     return RunDir(root)
 
 

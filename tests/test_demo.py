@@ -80,6 +80,12 @@ def test_manifest_records_config_versions_and_data_hashes(micro_run):
     for name, entry in manifest["data"].items():
         assert entry["sha256"] == sha256(micro_run.data(name))
     assert all(s["status"] == "done" for s in manifest["stages"].values())
+    assert {f"{step}:{s.value}" for s in STAGES for step in ("train", "eval")} <= set(manifest["stages"])
+    # Steps ran two at once: each lists what it wrote, and no sibling's passing checkpoints.
+    for rel, digest in manifest["artifacts"].items():
+        if rel.startswith(("data/", "models/", "eval/")):
+            assert sha256(micro_run.root / rel) == digest, rel
+    assert not [rel for rel in manifest["artifacts"] if ".checkpoints/" in rel]
     assert not list(micro_run.root.rglob("*.tmp"))
 
 
@@ -123,18 +129,21 @@ def test_a_run_made_before_the_ood_set_still_reports(micro_run, tmp_path):
     assert "On clean prompts unlike any in training" not in page
 
 
-def test_rerun_resumes_and_same_seed_is_identical(micro_run, tmp_path):
+def test_rerun_resumes_and_one_step_at_a_time_is_identical(micro_run, tmp_path):
     before = {s: micro_run.eval(s).read_bytes() for s in STAGES}
     run_demo(micro_run.root, DemoConfig.micro(seed=0), progress=False)  # everything done: skipped
     assert {s: micro_run.eval(s).read_bytes() for s in STAGES} == before
-    # A fresh run with the same seed gives the same bytes; adversarial training is left out to halve the
-    # cost (its red-teaming samples through the same seeded `generate` as RL does).
+    # A fresh run with the same seed, one step at a time (the fixture ran two at once, one thread each),
+    # gives the same weights and evaluations, bit for bit. Adversarial training is left out to halve
+    # the cost (its red-teaming samples through the same seeded `generate` as RL does).
     again = RunDir(tmp_path / "again")
     cfg = dataclasses.replace(DemoConfig.micro(seed=0, methods=(Method.sft, Method.rl)), interp=False)
-    run_demo(again.root, cfg, progress=False)
+    run_demo(again.root, cfg, progress=False, workers=1)
     shared = list(plans(cfg))
     assert len(shared) == 7
     assert {s: again.eval(s).read_bytes() for s in shared} == {s: before[s] for s in shared}
+    weights = lambda run, s: (run.model(s) / "model.safetensors").read_bytes()  # noqa: E731
+    assert all(weights(again, s) == weights(micro_run, s) for s in shared)
 
 
 def test_a_run_directory_with_another_config_is_refused(micro_run):

@@ -184,16 +184,22 @@ def snapshot(root: str | Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def record_changes(manifest: dict, root: str | Path, before: dict[str, tuple[int, int]]) -> None:
+def record_changes(manifest: dict, root: str | Path, before: dict[str, tuple[int, int]]) -> list[str]:
     """List in `manifest["artifacts"]` the hash of each file written or changed since `before`, and
-    drop the files removed since."""
+    drop the files removed since; returns the files it hashed. A file gone before it could be hashed (a
+    step running beside this one replaced it) is left to that step's record."""
     artifacts = manifest.setdefault("artifacts", {})
-    after = snapshot(root)
+    after, hashed = snapshot(root), []
     for rel, stamp in after.items():
         if before.get(rel) != stamp or rel not in artifacts:
-            artifacts[rel] = sha256(Path(root) / rel)
+            try:
+                artifacts[rel] = sha256(Path(root) / rel)
+            except FileNotFoundError:
+                continue
+            hashed.append(rel)
     for rel in set(before) - set(after):
         artifacts.pop(rel, None)
+    return hashed
 
 
 @contextlib.contextmanager
