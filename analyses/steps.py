@@ -3,14 +3,15 @@
 Each step writes its artifacts atomically and records its status, its time and the hashes of what it
 wrote in the manifest; a rerun skips a step that is done and whose output exists. A `Step` names the
 steps whose outputs it reads (`after`). With `workers` above 1, the steps whose inputs are ready run
-side by side in worker processes ("spawn"), each with its share of the CPU threads (a step ready
-alone takes them all), taken in list order; the parent alone writes the manifest. A step's result
-does not depend on its thread count: the demo's parallel run is checked bit for bit against the
-sequential one (`tests/test_steps.py`).
+side by side in worker processes ("spawn"), each with its share of the CPU threads, taken in list
+order; a step ready alone runs in this process with every thread. This process alone writes the
+manifest. The demo's organisms do not depend on the thread count: its weights and evaluations made
+two steps at a time equal those made one at a time, bit for bit (`tests/test_demo.py`).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing
 import sys
@@ -127,20 +128,26 @@ class Steps:
         pending, finished, running = list(steps), set(), {}
         total, error, written = torch.get_num_threads(), None, set()
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for _ in range(workers):  # the workers start, and import the pipeline, while steps run here
+                pool.submit(importlib.import_module, type(self).__module__)
             while pending or running:
                 while error is None and len(running) < workers and (
                         ready := [s for s in pending if set(s.after) <= finished]):
                     s = ready[0]
                     pending.remove(s)
-                    if self.is_done(s.name, s.output) or (s.when is not None and not s.when()):
-                        if self.is_done(s.name, s.output):
-                            log(f"{s.name}: done already, skipped")
-                        finished.add(s.name)
+                    if self.is_done(s.name, s.output):
+                        log(f"{s.name}: done already, skipped")
+                    elif s.when is not None and not s.when():
+                        pass
+                    elif not running and len(ready) == 1:  # alone: here, with every thread
+                        self.step(s.name, s.output, lambda s=s: getattr(self, s.action)(*s.args))
+                    else:
+                        threads = max(1, total // workers)
+                        log(f"{s.name}: running ({threads} thread{'s' * (threads > 1)})")
+                        future = pool.submit(_run_step, self.remote(), s.action, s.args, self.seed, threads)
+                        running[future] = (s, time.perf_counter(), snapshot(self.root))
                         continue
-                    threads = total if not running and len(ready) == 1 else max(1, total // workers)
-                    log(f"{s.name}: running ({threads} thread{'s' * (threads > 1)})")
-                    future = pool.submit(_run_step, self.remote(), s.action, s.args, self.seed, threads)
-                    running[future] = (s, time.perf_counter(), snapshot(self.root))
+                    finished.add(s.name)
                 if not running:
                     break
                 for future in wait(running, return_when=FIRST_COMPLETED).done:
