@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from einops import rearrange, repeat
@@ -183,21 +183,50 @@ def _residual_runner(bridge, site: Site, hooks: list[str], donor_acts: dict, rec
 def _run_from(bridge, hf, layer: int, resid: Float[torch.Tensor, "batch pos d_model"], cache=None,
               last: bool = False) -> Float[torch.Tensor, "batch pos vocab"]:
     """The plain HF model's logits from the residual stream entering `layer` (n_layers: the final norm),
-    after the positions held in `cache` (with `last`, the last position's only): the blocks below
-    `layer` (in the adapter's `blocks` list) pass their input through, and `resid` goes in as the input
-    of `layer`. The blocks keep their places, so per-layer settings (sliding windows, say) stay with
-    their layers."""
-    blocks = hf.get_submodule(bridge.adapter.component_mapping["blocks"].name)
+    after the positions held in `cache` (with `last`, the last position's only, and the last block's MLP
+    then runs on that position alone): the blocks below `layer` (in the adapter's `blocks` list) pass
+    their input through, and `resid` goes in as the input of `layer`. The blocks keep their places, so
+    per-layer settings (sliding windows, say) stay with their layers."""
+    mapping = bridge.adapter.component_mapping["blocks"]
+    blocks, mlp = hf.get_submodule(mapping.name), mapping.submodules.get("mlp")
+    trim = last and mlp is not None and layer < len(blocks)
     below = list(blocks[:layer])
     for i in range(layer):
         blocks[i] = _PASS_THROUGH
     try:
-        with on_input(residual_modules(bridge)[layer], lambda _: resid):
+        with on_input(residual_modules(bridge)[layer], lambda _: resid), \
+                _last_position_only(blocks[-1].get_submodule(mlp.name)) if trim else nullcontext():
             keep = {"logits_to_keep": 1} if last else {}
             return hf(inputs_embeds=resid, cache=cache, use_cache=cache is not None, **keep).logits
     finally:
         for i, block in enumerate(below):
             blocks[i] = block
+
+
+@contextmanager
+def _last_position_only(module: torch.nn.Module):
+    """`module` (the last block's MLP) computes the last position alone; its output at every other
+    position is zero. No later layer reads those positions, so the last position's logits are unchanged."""
+    length = []
+
+    def first(_, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        length[:] = [x.shape[1]]
+        return ((x[:, -1:], *args[1:]), kwargs) if args else (args, kwargs | {"hidden_states": x[:, -1:]})
+
+    def pad(_, args, kwargs, output):
+        out = output[0] if isinstance(output, tuple) else output
+        full = out.new_zeros(out.shape[0], length[0], *out.shape[2:])
+        full[:, -1:] = out
+        return (full, *output[1:]) if isinstance(output, tuple) else full
+
+    handles = [module.register_forward_pre_hook(first, with_kwargs=True),
+               module.register_forward_hook(pad, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _reads_last_position(metric: Metric, logits: Float[torch.Tensor, "batch pos vocab"]) -> bool:
@@ -236,11 +265,15 @@ def _plain_forward_agrees(bridge, tokens: Int[torch.Tensor, "batch pos"]) -> boo
     resid = residual_stream(bridge, tokens, [hook])[hook]
     with plain_hf(bridge) as hf:
         out = hf(tokens, cache=DynamicCache(), use_cache=True)
-        cache = DynamicCache()
-        for i, kv in enumerate(out.past_key_values.layers):
-            cache.update(kv.keys[:, :, :start], kv.values[:, :, :start], i)
-        suffix = _run_from(bridge, hf, layer, resid[:, start:], cache)
-    return agree(out.logits, want) and agree(suffix, want[:, start:])
+
+        def suffix(last: bool):
+            cache = DynamicCache()
+            for i, kv in enumerate(out.past_key_values.layers):
+                cache.update(kv.keys[:, :, :start], kv.values[:, :, :start], i)
+            return _run_from(bridge, hf, layer, resid[:, start:], cache, last)
+
+        agrees = agree(out.logits, want) and agree(suffix(False), want[:, start:])
+        return agrees and (not _keeps_logits(hf) or agree(suffix(True), want[:, -1:]))
 
 
 def _patcher(site: Site, donor: torch.Tensor, chunk: list[tuple[int, ...]], layer: int, batch: int):

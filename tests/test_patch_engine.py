@@ -99,3 +99,18 @@ def test_per_prompt_scores_are_each_prompt_patched_alone(bridge, pairs, matched_
     mean = activation_patch(bridge, clean, corrupted, site, metric, progress=False)
     torch.testing.assert_close(each.mean(-1), mean, atol=1e-5, rtol=0)
     assert (each[..., 0] - each[..., 1]).abs().max() > 1e-3  # the prompts differ
+
+
+def test_the_last_block_s_mlp_runs_on_the_last_position_alone(bridge, pairs):
+    """With a metric of the last position's logits, the patched passes run the last block's MLP on that
+    position alone, as nothing reads the others (the sweep equals the hooked path's: above)."""
+    clean, corrupted, metric = pairs
+    lengths = []
+    down = bridge.blocks[-1].mlp.original_component.down_proj
+    down = getattr(down, "original_component", down)  # the HF linear itself, as the fast path runs it
+    handle = down.register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
+    try:
+        activation_patch(bridge, clean, corrupted, "resid_pre", metric, progress=False)
+    finally:
+        handle.remove()
+    assert 1 in lengths and clean.shape[1] in lengths  # patched passes; the full runs of donor and receiver
