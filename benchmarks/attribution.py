@@ -8,7 +8,9 @@ site's own path: `interp.attribute`'s `path`) are summed to the same grids, and 
 compared with exact patching by Spearman's rank correlation over all cells, and by Spearman's and
 Pearson's correlation over the cells at or after the first trigger token ("moving": the earlier ones
 are equal in both runs, so every method scores them 0). Most cells have small effects whose order is
-noise to every method; Pearson's correlation weighs the cells by their effect. Ours is also timed
+noise to every method; Pearson's correlation weighs the cells by their effect, and a second table
+gives Spearman's over the cells whose exact effect is at least `--share` of the clean-corrupted
+gap (with their count). Ours is also timed
 against TransformerLens's `attribution_patch` at ig_steps=1, after checking that they agree within
 1e-4. Each time is the best of `--repeats` after one warm-up run.
 
@@ -57,6 +59,8 @@ def tl_difference(ours: Attribution, reference) -> float:
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50], help="EAP-IG steps")
+    parser.add_argument("--share", type=float, default=0.01,
+                        help="the second table's cells move the metric by at least this share of the gap")
     args = parser.parse_args()
     with same_threads(args.threads):
         compare(args)
@@ -100,8 +104,11 @@ def compare(args) -> None:
     header = "".join(f"{grid:>23}" for grid in GRIDS)
     print(f"{'method':<22}{'time s':>8}{'exact/attr':>11}{'embed sum/gap':>14}{header}")
     gap = ours.clean_metric - ours.corrupted_metric
+    effects = {grid: (exact[grid] - ours.corrupted_metric).flatten() for grid in GRIDS}
+    large = {grid: effects[grid].abs() >= args.share * abs(gap) for grid in GRIDS}
+    rows = []
     for (path, steps), (seconds, scores) in methods.items():
-        cells = []
+        cells, large_cells = [], []
         for grid in GRIDS:
             mine, theirs = on_grid(scores, grid), exact[grid]
             moving = (slice(None),) if grid == "z_all_pos" else (slice(None), slice(first_trigger, None))
@@ -109,10 +116,18 @@ def compare(args) -> None:
             cells.append(f"{spearmanr(mine.flatten(), theirs.flatten())[0]:>9.3f}"
                          f"{spearmanr(mine_moving, theirs_moving)[0]:>7.3f}"
                          f"{pearsonr(mine_moving, theirs_moving)[0]:>7.3f}")
+            chosen = large[grid]
+            large_cells.append(f"{spearmanr(mine.flatten()[chosen], effects[grid][chosen])[0]:>23.3f}"
+                               if chosen.sum() > 2 else f"{'n/a':>23}")
         name = "attribution" if steps == 1 else f"EAP-IG {steps}, {path} path"
         print(f"{name:<22}{seconds:>8.3f}{t_exact / seconds:>10.0f}x{scores.embed.sum().item() / gap:>14.3f}"
               + "".join(cells))
-
+        rows.append(f"{name:<22}" + "".join(large_cells))
+    counts = "".join(f"{f'{int(large[grid].sum())} of {large[grid].numel()} cells':>23}" for grid in GRIDS)
+    print(f"Spearman over the cells whose exact effect is at least {args.share:g} of the gap:")
+    print(f"{'method':<22}" + "".join(f"{grid:>23}" for grid in GRIDS))
+    print(f"{'':<22}{counts}")
+    print("\n".join(rows))
 
 if __name__ == "__main__":
     main()
