@@ -4,7 +4,7 @@
 standardised features it minimises  Σᵢ log(1 + exp(-sᵢ mᵢ)) + l2/2 ‖w‖²  (sᵢ = ±1, mᵢ the margin, the
 intercept unpenalised). It runs Newton's method on all layers together. Up to `EXACT_NEWTON_WIDTH`
 coefficients each step solves the [layer, d + 1, d + 1] Hessian; wider, each step is solved by conjugate
-gradients preconditioned with Böhning's bound Zᵀ Z / 4 + l2 I on the Hessian, factored once, so the
+gradients preconditioned with Böhning's bound Zᵀ Z / 4 + l2 I on the Hessian, inverted once, so the
 Hessian is never formed and a step costs a few passes over the activations. Memory is the [layer, n,
 d + 1] standardised copy (float64) and the [layer, d + 1, d + 1] bound, so fit a very wide model (d of
 many thousands) a slice of layers at a time. `mean_difference` is the difference of the class means;
@@ -84,16 +84,19 @@ def fit_logistic(x: Float[Tensor, "layer n d"], y: Int[Tensor, " n"], *, l2: flo
         raise ValueError(f"l2 must be positive, not {l2}")
     layers, n, d = x.shape
     x = x.to(torch.float64)
-    mean, std = x.mean(1), x.std(1, correction=0)
+    std, mean = torch.std_mean(x, 1, correction=0)
     scale = torch.where(std > 1e-12 * (1 + mean.abs()), std, torch.ones_like(std))  # constant: left as is
-    z = _Design(torch.cat([(x - mean[:, None]) / scale[:, None], x.new_ones(layers, n, 1)], 2))
+    rows = x.new_empty(layers, n, d + 1)  # standardised, then a column of ones for the intercept
+    torch.addcmul((-mean / scale)[:, None], x, (1 / scale)[:, None], out=rows[..., :d])
+    rows[..., d] = 1.0
+    z = _Design(rows)
     penalty = torch.full((d + 1,), float(l2), dtype=torch.float64)
     penalty[-1] = 0.0  # the intercept
     # Böhning's bound: each Hessian Zᵀ diag(p(1-p)) Z + l2 is at most this; the Gram is float32 (a
     # preconditioner need not be exact). Narrow layers form and factor each Hessian instead.
     exact = d + 1 <= EXACT_NEWTON_WIDTH
-    gram = None if exact else (lambda z32: z32.mT @ z32)(z.rows.to(torch.float32)).to(torch.float64)
-    bound = None if exact else torch.linalg.cholesky(gram / 4 + torch.diag(penalty))
+    gram = None if exact else (lambda z32: z32 @ z32.mT)(z.columns.to(torch.float32)).to(torch.float64)
+    bound = None if exact else torch.cholesky_inverse(torch.linalg.cholesky(gram / 4 + torch.diag(penalty)))
     beta = x.new_zeros(layers, d + 1)
     value, grad, curvature = _logistic(z, target, penalty, beta)
     first = grad.norm(dim=-1)
@@ -199,12 +202,12 @@ def _line_search(z, target, penalty, beta, value, grad, step, halvings: int = 30
     return beta, moved
 
 
-def _newton_step(z, curvature, penalty, b, cholesky, rtol, floor) -> Tensor:
+def _newton_step(z, curvature, penalty, b, inverse, rtol, floor) -> Tensor:
     """Solve (Zᵀ diag(curvature) Z + diag(penalty)) s = b for each layer by conjugate gradients
-    preconditioned with L Lᵀ (`cholesky`), each layer until its residual is below `rtol` times |b| (or
-    below `floor`)."""
+    preconditioned with `inverse` (a matrix-vector product: a triangular solve copies its factor each
+    time), each layer until its residual is below `rtol` times |b| (or below `floor`)."""
     apply = lambda v: z.transpose_times(curvature * z.times(v)) + penalty * v  # noqa: E731
-    precondition = lambda r: torch.cholesky_solve(r[..., None], cholesky)[..., 0]  # noqa: E731
+    precondition = lambda r: (r[:, None] @ inverse)[:, 0]  # noqa: E731 (the inverse is symmetric)
     s, r = torch.zeros_like(b), b.clone()
     u = precondition(r)
     p, rz = u.clone(), (r * u).sum(-1)

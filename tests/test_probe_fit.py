@@ -38,7 +38,10 @@ def test_logistic_matches_sklearn_pipeline(C):
         assert w @ c / np.linalg.norm(w) / np.linalg.norm(c) > 0.99
 
 
-def test_logistic_solves_to_sklearn_tight_optimum():
+@pytest.mark.parametrize("newton", ["exact", "conjugate gradients"])
+def test_logistic_solves_to_sklearn_tight_optimum(newton, monkeypatch):
+    if newton == "conjugate gradients":  # the path of layers wider than EXACT_NEWTON_WIDTH
+        monkeypatch.setattr("probes.fit.EXACT_NEWTON_WIDTH", 0)
     x, y = activations(layers=2, n=300, d=16, seed=1)
     probe = fit_logistic(x, y, l2=0.5)
     for layer in range(2):
