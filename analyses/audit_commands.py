@@ -48,6 +48,8 @@ def zoo_command(
     seed: int = typer.Option(0, help="Seed for data, initialisation and training."),
     micro: bool = typer.Option(False, help="Test-sized models and data."),
     force: bool = typer.Option(False, help="Redo every step, even those already done."),
+    workers: int = typer.Option(0, help="Organisms trained at once, one process each (0: two on a CPU, one "
+                                        "on a GPU)."),
 ) -> None:
     """Build the zoo: one base, then organisms with known triggers (a rare tag, a common word, a phrase at
     the start or anywhere, a year, a topic) and behaviours, normal and distilled, and benign fine-tunes;
@@ -61,4 +63,4 @@ def zoo_command(
 
     chosen = tuple(organisms) if organisms else None
     cfg = ZooConfig.micro(chosen) if micro else ZooConfig(organisms=chosen)
-    typer.echo(str(build_zoo(out, dataclasses.replace(cfg, seed=seed), force=force)))
+    typer.echo(str(build_zoo(out, dataclasses.replace(cfg, seed=seed), force=force, workers=workers or None)))

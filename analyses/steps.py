@@ -114,7 +114,7 @@ class Steps:
         seen: set[str] = set()
         for s in steps:
             if missing := [a for a in s.after if a not in seen]:
-                raise ValueError(f"step {s.name} comes after {', '.join(missing)}, listed only later")
+                raise ValueError(f"step {s.name} comes after {', '.join(missing)}, not listed before it")
             seen.add(s.name)
         if workers <= 1:
             for s in steps:

@@ -16,11 +16,13 @@ demo's distilled mechanism is.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from analyses.steps import Steps
+from analyses.steps import Step, Steps, default_workers
 from analyses.train import SFTJob, run_job
 from training import data
 from training.artifacts import (
@@ -96,14 +98,19 @@ class Zoo(Steps):
     def truth(self, name: str) -> Path:
         return self.root / "truth" / f"{name}.json"
 
-    def __call__(self) -> Path:
+    def __call__(self, workers: int | None = None) -> Path:
+        """Every step not yet done, the organisms `workers` at once (by default two on a CPU)."""
         self.save_manifest()
-        self.step("data", self.data(self.cfg.members[-1].name), self.write_data)
-        self.step("tokenizer", self.root / "tokenizer", self.write_tokenizer)
-        self.step("train:base", self.model("base"), self.train_base)
-        for organism in self.cfg.members:
-            self.step(f"organism:{organism.name}", self.truth(organism.name), lambda o=organism: self.make(o))
+        steps = [Step("data", self.data(self.cfg.members[-1].name), "write_data"),
+                 Step("tokenizer", self.root / "tokenizer", "write_tokenizer", after=("data",)),
+                 Step("train:base", self.model("base"), "train_base", after=("tokenizer",))]
+        steps += [Step(f"organism:{o.name}", self.truth(o.name), "make", (o,), ("train:base",))
+                  for o in self.cfg.members]
+        self.run_steps(steps, default_workers(self.device) if workers is None else workers)
         return self.root
+
+    def remote(self) -> Callable[[], Zoo]:
+        return functools.partial(Zoo, self.root, self.cfg, progress=self.progress)
 
     def write_data(self) -> None:
         cfg = self.cfg
@@ -214,7 +221,8 @@ class Zoo(Steps):
 
 
 def build_zoo(
-    out: str | Path = "runs/zoo", cfg: ZooConfig | None = None, force: bool = False, progress: bool = True
+    out: str | Path = "runs/zoo", cfg: ZooConfig | None = None, force: bool = False, progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
-    """Build (or resume) the zoo in `out` and return its directory."""
-    return Zoo(out, cfg or ZooConfig(), force=force, progress=progress)()
+    """Build (or resume) the zoo in `out`, `workers` steps at once, and return its directory."""
+    return Zoo(out, cfg or ZooConfig(), force=force, progress=progress)(workers)

@@ -100,5 +100,5 @@ def test_a_failed_step_lets_the_running_ones_finish_and_is_raised(tmp_path):
 
 
 def test_a_step_listed_before_its_input_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="b comes after a"):
+    with pytest.raises(ValueError, match="b comes after a, not listed before it"):
         Toy(tmp_path).run_steps([step(tmp_path, "b", after=["a"]), step(tmp_path, "a")], workers=2)
