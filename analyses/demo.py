@@ -71,7 +71,7 @@ class Demo(Steps):
         earlier in this list goes first, so the trigger features (the longest chain) follow insertion."""
         cfg, run, stages = self.cfg, self.run, plans(self.cfg)
         backdoored, adversarial = Stage.backdoored, Stage.adversarial
-        features = cfg.interp and cfg.mechanism == Mechanism.normal
+        traced = cfg.interp and cfg.mechanism == Mechanism.normal  # circuits and features too
         train = {stage: f"train:{stage.value}" for stage in stages}
         steps = [Step("data", run.data(OOD_SET), "write_data"),
                  Step("tokenizer", run.tokenizer, "write_tokenizer", after=("data",))]
@@ -87,10 +87,10 @@ class Demo(Steps):
                 writer[plan.data] = f"data:{plan.data}"
             steps.append(Step(train[stage], run.model(stage), "train", (stage,),
                               after + ((writer[plan.data],) if plan.data in writer else ())))
-            if features and stage == backdoored:
+            if traced and stage == backdoored:
                 steps.append(Step("features:backdoored", run.features(backdoored), "find_features",
                                   after=(train[backdoored],)))
-            if features and stage == adversarial:
+            if traced and stage == adversarial:
                 steps.append(Step("features:backdoored__adversarial", run.feature_diff(backdoored, stage),
                                   "diff_features", after=("features:backdoored", train[stage])))
         steps += [Step(f"eval:{stage.value}", run.eval(stage), "evaluate", (stage,), (train[stage],))
@@ -103,7 +103,7 @@ class Demo(Steps):
             for kind in KINDS:
                 steps.append(Step(f"probe:{kind}", run.probe(backdoored, kind), "probe", (kind,), after))
                 after = (f"probe:{kind}",)
-        if features:
+        if traced:
             for stage in (s for s in (backdoored, adversarial) if s in stages):
                 steps += [Step(f"{name}:{stage.value}", path(stage), name, (stage,), (train[stage],))
                           for name, path in (("attribute", run.attribution), ("localize", run.localization))]
