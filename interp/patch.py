@@ -190,12 +190,13 @@ def _run_from(bridge, hf, layer: int, resid: Float[torch.Tensor, "batch pos d_mo
     mapping = bridge.adapter.component_mapping["blocks"]
     blocks, mlp = hf.get_submodule(mapping.name), mapping.submodules.get("mlp")
     trim = last and mlp is not None and layer < len(blocks)
+    final_mlp = blocks[-1].get_submodule(mlp.name) if trim else None
     below = list(blocks[:layer])
     for i in range(layer):
         blocks[i] = _PASS_THROUGH
     try:
         with on_input(residual_modules(bridge)[layer], lambda _: resid), \
-                _last_position_only(blocks[-1].get_submodule(mlp.name)) if trim else nullcontext():
+                _last_position_only(final_mlp, resid.shape[1]) if trim else nullcontext():
             keep = {"logits_to_keep": 1} if last else {}
             return hf(inputs_embeds=resid, cache=cache, use_cache=cache is not None, **keep).logits
     finally:
@@ -204,29 +205,22 @@ def _run_from(bridge, hf, layer: int, resid: Float[torch.Tensor, "batch pos d_mo
 
 
 @contextmanager
-def _last_position_only(module: torch.nn.Module):
-    """`module` (the last block's MLP) computes the last position alone; its output at every other
-    position is zero. No later layer reads those positions, so the last position's logits are unchanged."""
-    length = []
-
-    def first(_, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
-        length[:] = [x.shape[1]]
-        return ((x[:, -1:], *args[1:]), kwargs) if args else (args, kwargs | {"hidden_states": x[:, -1:]})
-
-    def pad(_, args, kwargs, output):
+def _last_position_only(module: torch.nn.Module, length: int):
+    """`module` (the last block's MLP, on `length` positions) computes the last position alone; its
+    output at every other position is zero. No later layer reads those, so the last position's logits
+    are unchanged."""
+    def pad(_, args, output):
         out = output[0] if isinstance(output, tuple) else output
-        full = out.new_zeros(out.shape[0], length[0], *out.shape[2:])
+        full = out.new_zeros(out.shape[0], length, *out.shape[2:])
         full[:, -1:] = out
         return (full, *output[1:]) if isinstance(output, tuple) else full
 
-    handles = [module.register_forward_pre_hook(first, with_kwargs=True),
-               module.register_forward_hook(pad, with_kwargs=True)]
+    handle = module.register_forward_hook(pad)
     try:
-        yield
+        with on_input(module, lambda x: x[:, -1:]):
+            yield
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
 
 
 def _reads_last_position(metric: Metric, logits: Float[torch.Tensor, "batch pos vocab"]) -> bool:
